@@ -1,0 +1,285 @@
+"""Specification tests for `IntrImageProcessor` (CPU, fast)."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_intr.image_processing_intr import (
+    IntrImageProcessor,
+    attention_to_feature_map,
+    crop_to_feature_mask,
+    get_resize_output_size,
+)
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_preprocessing"
+SMALL_SIZE = {"shortest_edge": 24, "longest_edge": 40}
+
+
+@pytest.fixture
+def small_processor():
+    """Same pipeline as the default, with small sizes so the tests stay fast."""
+    return IntrImageProcessor(size=SMALL_SIZE)
+
+
+def random_rgb(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- parity with the reference evaluation transform
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES} (not in a fresh clone)")
+def test_default_matches_reference_eval_transform():
+    from safetensors.torch import load_file
+
+    expected = load_file(FIXTURES / "official_eval_pixel_values.safetensors")
+    sizes = json.loads((FIXTURES / "official_eval_pixel_values.json").read_text())
+    processor = IntrImageProcessor()
+    assert len(sizes) == 3
+    for filename, info in sizes.items():
+        reference = expected[Path(filename).stem]
+        assert list(reference.shape) == info["output_chw"]
+        with Image.open(FIXTURES / filename) as image:
+            assert list(image.size) == info["input_size_wh"]
+            outputs = processor(image, return_tensors="pt")
+        assert outputs.pixel_values.dtype == torch.float32
+        assert outputs.pixel_values.shape == (1, *reference.shape), filename
+        assert (outputs.pixel_values[0] - reference).abs().max() <= 1e-5, filename
+        assert outputs.pixel_mask.dtype == torch.int64
+        assert bool((outputs.pixel_mask == 1).all())
+
+
+@pytest.mark.parametrize(
+    "height_width, shortest_edge, longest_edge, expected",
+    [
+        ((300, 1500), 800, 1333, (267, 1335)),  # reference rounding: longer side from the rounded shorter side
+        ((389, 500), 800, 1333, (800, 1028)),
+        ((517, 333), 800, 1333, (1242, 800)),
+        ((3000, 1000), 800, 1333, (1332, 444)),
+        ((800, 1000), 800, 1333, (800, 1000)),  # shorter side already at target: unchanged
+        ((100, 200), 50, None, (50, 100)),  # no bound on the longer side
+        ((10, 10), 800, 1333, (800, 800)),
+    ],
+)
+def test_reference_size_rule(height_width, shortest_edge, longest_edge, expected):
+    assert get_resize_output_size(height_width, shortest_edge, longest_edge) == expected
+
+
+# ---------------------------------------------------------------- batching, padding, fixed size
+
+
+def test_batch_is_padded_bottom_right_with_mask(small_processor):
+    tall, wide = random_rgb(45, 30, seed=1), random_rgb(30, 50, seed=2)  # -> 36x24 and 24x40
+    batch = small_processor([Image.fromarray(tall), Image.fromarray(wide)], return_tensors="pt")
+    assert batch.pixel_values.shape == (2, 3, 36, 40)
+    assert batch.pixel_mask.shape == (2, 36, 40)
+    for index, (image, (height, width)) in enumerate([(tall, (36, 24)), (wide, (24, 40))]):
+        alone = small_processor(Image.fromarray(image), return_tensors="pt")
+        assert alone.pixel_values.shape == (1, 3, height, width)
+        expected_mask = torch.zeros(36, 40, dtype=torch.int64)
+        expected_mask[:height, :width] = 1
+        assert torch.equal(batch.pixel_mask[index], expected_mask)
+        assert torch.equal(batch.pixel_values[index, :, :height, :width], alone.pixel_values[0])
+        assert bool((batch.pixel_values[index][:, expected_mask == 0] == 0).all())
+
+
+def test_fixed_size_mode_gives_square_batch_and_full_mask():
+    processor = IntrImageProcessor(size={"height": 32, "width": 32})
+    batch = processor([random_rgb(60, 30), random_rgb(20, 90)], return_tensors="pt")
+    assert batch.pixel_values.shape == (2, 3, 32, 32)
+    assert batch.pixel_mask.shape == (2, 32, 32)
+    assert bool((batch.pixel_mask == 1).all())
+
+
+def test_size_can_be_overridden_per_call(small_processor):
+    outputs = small_processor(random_rgb(30, 30), size={"height": 16, "width": 20}, return_tensors="pt")
+    assert outputs.pixel_values.shape == (1, 3, 16, 20)
+
+
+# ---------------------------------------------------------------- input types and PIL modes
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "1", "I;16", "I", "F"])
+def test_common_pil_modes_become_rgb(small_processor, mode):
+    if mode == "I;16":
+        image = Image.fromarray(random_rgb(30, 40)[..., 0].astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(random_rgb(30, 40)).convert(mode)
+    assert image.mode == mode
+    outputs = small_processor(image, return_tensors="pt")
+    assert outputs.pixel_values.shape == (1, 3, 24, 32)
+    assert bool(torch.isfinite(outputs.pixel_values).all())
+
+
+def test_16_bit_images_are_scaled_by_their_range_not_clipped(small_processor):
+    gray8 = np.random.default_rng(3).integers(0, 256, (30, 40), dtype=np.uint8)
+    gray16 = gray8.astype(np.uint16) * 257  # 255 -> 65535
+    expected = small_processor(Image.fromarray(gray8, mode="L"), return_tensors="pt").pixel_values
+    as_i16 = Image.fromarray(gray16)
+    as_i32 = Image.fromarray(gray16.astype(np.int32))
+    assert (as_i16.mode, as_i32.mode) == ("I;16", "I")
+    for image in (as_i16, as_i32, gray16):
+        result = small_processor(image, return_tensors="pt").pixel_values
+        assert torch.allclose(result, expected, atol=1e-6)
+
+
+def test_numpy_and_torch_inputs_match_pil(small_processor):
+    rgb = random_rgb(30, 40, seed=4)
+    expected = small_processor(Image.fromarray(rgb), return_tensors="pt").pixel_values
+    inputs = {
+        "numpy HWC uint8": rgb,
+        "numpy CHW uint8": rgb.transpose(2, 0, 1),
+        "torch CHW uint8": torch.from_numpy(rgb).permute(2, 0, 1),
+        "numpy HWC float": rgb.astype(np.float32) / 255,
+        "torch CHW float": torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
+    }
+    for name, image in inputs.items():
+        assert torch.equal(small_processor(image, return_tensors="pt").pixel_values, expected), name
+
+
+def test_4d_batch_input_is_split_into_images(small_processor):
+    batch = torch.from_numpy(np.stack([random_rgb(30, 40, 5), random_rgb(30, 40, 6)])).permute(0, 3, 1, 2)
+    outputs = small_processor(batch, return_tensors="pt")
+    assert outputs.pixel_values.shape == (2, 3, 24, 32)
+    assert torch.equal(outputs.pixel_values[1], small_processor(batch[1], return_tensors="pt").pixel_values[0])
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (Image.new("RGB", (0, 10)), "empty"),
+        (np.zeros((0, 5, 3), dtype=np.uint8), "empty"),
+        (np.zeros((8, 8, 2), dtype=np.uint8), "channels"),
+        (np.zeros((1, 1, 8, 8, 3), dtype=np.uint8), "dimensions"),
+        (np.full((8, 8, 3), 2.0, dtype=np.float32), r"\[0, 1\]"),
+        ("not an image".encode(), "unsupported image type"),
+    ],
+)
+def test_invalid_images_raise_value_error(small_processor, image, message):
+    with pytest.raises(ValueError, match=message):
+        small_processor(image)
+
+
+def test_truncated_jpeg_raises_value_error_naming_the_image(small_processor, tmp_path):
+    path = tmp_path / "truncated.jpg"
+    Image.fromarray(random_rgb(64, 64)).save(path, "JPEG")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with Image.open(path) as image:
+        with pytest.raises(ValueError, match=r"Image 1: .*truncated or corrupt"):
+            small_processor([random_rgb(30, 30), image])
+
+
+def test_none_raises_value_error_naming_the_image(small_processor):
+    with pytest.raises(ValueError, match="Image 1: got None"):
+        small_processor([random_rgb(30, 30), None])
+    with pytest.raises(ValueError, match="Image 0: got None"):
+        small_processor(None)
+
+
+# ---------------------------------------------------------------- attention maps
+
+
+def synthetic_outputs():
+    """Batch of 2, 2 heads, 3 classes, a 4x5 feature grid; image 0 is padded to it from 3x4, image 1 fills it."""
+    batch, heads, classes, height, width = 2, 2, 3, 4, 5
+    feature_mask = torch.zeros(batch, height, width, dtype=torch.bool)
+    feature_mask[0, :3, :4] = True
+    feature_mask[1] = True
+    attention = torch.rand(batch, heads, classes, height, width, generator=torch.Generator().manual_seed(0))
+    attention[0, :, :, 1, 2] += 10  # image 0: every class peaks at feature cell (row 1, col 2)
+    attention = attention * feature_mask[:, None, None]  # padded positions get weight 0
+    attention = attention / attention.sum((-2, -1), keepdim=True)
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 1.0]])
+    layers = (torch.rand_like(attention).flatten(-2), attention.flatten(-2))
+    return SimpleNamespace(logits=logits, cross_attentions=layers, feature_mask=feature_mask), attention
+
+
+def test_attention_maps_default_to_predicted_class_and_are_cropped():
+    outputs, attention = synthetic_outputs()
+    results = IntrImageProcessor().post_process_attention_maps(outputs)
+    assert [result["class_id"] for result in results] == [1, 0]
+    assert results[0]["attention_maps"].shape == (2, 3, 4)  # padded row and column removed
+    assert results[1]["attention_maps"].shape == (2, 4, 5)
+    assert torch.equal(results[0]["attention_maps"], attention[0, :, 1, :3, :4])
+    assert torch.equal(results[1]["attention_maps"], attention[1, :, 0])
+
+
+def test_attention_maps_for_requested_classes_and_layer():
+    outputs, attention = synthetic_outputs()
+    processor = IntrImageProcessor()
+    results = processor.post_process_attention_maps(outputs, class_ids=torch.tensor([2, 1]))
+    assert [result["class_id"] for result in results] == [2, 1]
+    assert torch.equal(results[1]["attention_maps"], attention[1, :, 1])
+    results = processor.post_process_attention_maps(outputs, class_ids=2, layer=0)
+    assert [result["class_id"] for result in results] == [2, 2]
+    first_layer = outputs.cross_attentions[0].unflatten(-1, (4, 5))
+    assert torch.equal(results[0]["attention_maps"], first_layer[0, :, 2, :3, :4])
+
+
+def test_attention_maps_resized_bilinearly_to_target_size():
+    outputs, attention = synthetic_outputs()
+    processor = IntrImageProcessor()
+    results = processor.post_process_attention_maps(outputs, target_sizes=[(90, 120), (40, 50)])
+    maps = results[0]["attention_maps"]
+    assert maps.shape == (2, 90, 120) and results[1]["attention_maps"].shape == (2, 40, 50)
+    for head_map in maps:  # each feature cell covers 30x30 pixels; the peak is at cell (1, 2)
+        row, col = divmod(int(head_map.argmax()), 120)
+        assert abs(row // 30 - 1) <= 1 and abs(col // 30 - 2) <= 1
+    expected = torch.nn.functional.interpolate(
+        attention[None, 0, :, 1, :3, :4], size=(90, 120), mode="bilinear", align_corners=False
+    )[0]
+    assert torch.allclose(maps, expected)
+    as_tensor = torch.tensor([[90, 120], [40, 50]])
+    from_tensor = processor.post_process_attention_maps(outputs, target_sizes=as_tensor)
+    assert torch.equal(from_tensor[0]["attention_maps"], maps)
+
+
+def test_attention_map_errors():
+    outputs, _ = synthetic_outputs()
+    processor = IntrImageProcessor()
+    with pytest.raises(ValueError, match="output_attentions=True"):
+        processor.post_process_attention_maps(SimpleNamespace(logits=outputs.logits, cross_attentions=None))
+    with pytest.raises(ValueError, match="one per image"):
+        processor.post_process_attention_maps(outputs, class_ids=[0])
+    with pytest.raises(ValueError, match="one .* per image"):
+        processor.post_process_attention_maps(outputs, target_sizes=[(10, 10)])
+    with pytest.raises(ValueError, match="must lie in"):
+        processor.post_process_attention_maps(outputs, class_ids=[0, 3])
+
+
+def test_feature_map_helpers():
+    feature_mask = torch.zeros(3, 4, dtype=torch.bool)
+    feature_mask[:2, :3] = True
+    maps = torch.arange(2 * 12.0).reshape(2, 3, 4)
+    assert torch.equal(crop_to_feature_mask(maps, feature_mask), maps[:, :2, :3])
+    assert torch.equal(attention_to_feature_map(maps.flatten(-2), feature_mask), maps[:, :2, :3])
+
+
+# ---------------------------------------------------------------- serialization
+
+
+def test_save_and_load_round_trip(tmp_path):
+    processor = IntrImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "preprocessor_config.json").is_file()
+    loaded = IntrImageProcessor.from_pretrained(tmp_path)
+    assert dict(loaded.size) == {"height": 224, "width": 224}
+    assert tuple(loaded.image_mean) == (0.5, 0.5, 0.5) and tuple(loaded.image_std) == (0.25, 0.25, 0.25)
+    image = random_rgb(30, 40)
+    expected = processor(image, return_tensors="pt").pixel_values
+    assert torch.equal(loaded(image, return_tensors="pt").pixel_values, expected)
+
+    IntrImageProcessor().save_pretrained(tmp_path / "default")
+    default = IntrImageProcessor.from_pretrained(tmp_path / "default")
+    assert dict(default.size) == {"shortest_edge": 800, "longest_edge": 1333}
+    assert tuple(default.image_mean) == (0.485, 0.456, 0.406) and tuple(default.image_std) == (0.229, 0.224, 0.225)

@@ -45,16 +45,21 @@ def load_checkpoint_file(path: str | Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        if "Weights only load failed" in str(error) and "Unsupported" in str(error):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+        if any(marker in detail for marker in ("Unsupported global", "Can only create new object", "unrecognized")):
             raise CheckpointError(
                 f"Refusing to load {path}: unpickling it needs objects beyond tensors and argparse.Namespace, which "
-                f"could run arbitrary code ({reason}). Re-save its state dict with tensors only."
+                f"could run arbitrary code ({detail}). Re-save its state dict with tensors only."
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or not a checkpoint): {reason}") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({detail}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as error:
+        # torch.load on a truncated or foreign file fails with any of these, deep inside its unpickler
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or not a checkpoint): "
+            f"{type(error).__name__} {reason}".rstrip()
+        ) from None
 
 
 # Reference (DETR / torchvision) names -> INTR names. Attention `in_proj_*` is split separately.

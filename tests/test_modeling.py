@@ -290,7 +290,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         model = tiny_model(dropout=0.0, attention_dropout=0.0).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         model(pixel_values, labels=torch.tensor([2])).loss.backward()
         gradients.append(model.model.class_queries.weight.grad.clone())
     torch.testing.assert_close(gradients[0], gradients[1])

@@ -1,0 +1,153 @@
+"""Training throughput of `run_finetune.py` (images/s, peak memory) for the reference-size INTR.
+
+The model is the reference's: ResNet-50 backbone (stem and stage 1 frozen), d_model 256, 8 heads, 6 + 6 layers,
+200 class queries (CUB), built from its config (random weights: speed does not depend on them). The data are 200
+random-noise JPEGs of CUB's typical size (500x375), one per class, in the reference folder layout. For every setting
+the real training path runs (`run_finetune.main`: datasets transform, augmentation, collator, `IntrTrainer`,
+accelerate), and a callback times each optimizer step; the first `--warmup_steps` are left out.
+
+Settings: 448x448 fixed size vs the reference multi-scale augmentation (shorter side 480..800), float32 vs bfloat16
+autocast (`--bf16`), 1 process vs 2 data-parallel processes (`accelerate launch --multi_gpu --num_processes 2`, gloo
+on CPU, one thread each). On CPU use few steps: a ResNet-50 step takes seconds there.
+
+    python benchmarks/bench_train.py                       # CPU, the full table
+    python benchmarks/bench_train.py --device cuda         # GPU (and 2 GPUs for the 2-process rows)
+
+Images/s = global batch (per-device batch x processes) / mean step time. Peak memory: the largest peak RSS of the
+processes on CPU, the largest `torch.cuda.max_memory_allocated` on GPU.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def make_dataset(root: Path, num_classes: int = 200, size: tuple[int, int] = (500, 375)) -> None:
+    """One random-noise JPEG per class, `root/bench/train/class_XXX/0.jpg`."""
+    rng = np.random.default_rng(0)
+    for index in range(num_classes):
+        folder = root / "bench" / "train" / f"class_{index:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "0.jpg", quality=90)
+
+
+def write_reference_config(path: Path) -> None:
+    from modeling_intr import IntrConfig
+
+    IntrConfig(num_labels=200).to_json_file(path)  # ResNet-50, 256-d, 6 + 6 layers: the reference defaults
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One setting, in this process (launched alone or by `accelerate launch`): time the steps, print a JSON line."""
+    import torch
+    from transformers import TrainerCallback
+
+    import run_finetune
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    timer = StepTimer()
+    argv = ["--config_name", str(args.work / "config.json"), "--dataset_path", str(args.work),
+            "--dataset_name", "bench", "--output_dir", str(args.work / "out"), "--do_train",
+            "--max_steps", str(args.warmup_steps + args.steps), "--per_device_train_batch_size", str(args.batch_size),
+            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--log_level", "error",
+            "--log_level_replica", "error", "--dataloader_pin_memory", "false"]
+    if args.fixed_size:
+        argv += ["--fixed_size", str(args.fixed_size)]
+    if args.bf16:
+        argv += ["--bf16"]
+    if args.device == "cpu":
+        argv += ["--use_cpu"]
+    run_finetune.main(argv, callbacks=[timer])
+    step_time = float(np.mean(timer.times[args.warmup_steps:]))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.device == "cpu":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    else:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    print("RESULT " + json.dumps({"step_s": step_time, "images_per_s": args.batch_size * world_size / step_time,
+                                  "peak_gib": peak}), flush=True)  # every process: the table keeps the largest peak
+
+
+def run_setting(work: Path, processes: int, fixed_size: int | None, bf16: bool, options: argparse.Namespace) -> dict:
+    script = [str(Path(__file__).resolve()), "--worker", "--work", str(work), "--device", options.device,
+              "--steps", str(options.steps), "--warmup_steps", str(options.warmup_steps),
+              "--batch_size", str(options.batch_size)]
+    script += ["--fixed_size", str(fixed_size)] * (fixed_size is not None) + ["--bf16"] * bf16
+    if processes == 1:
+        command = [sys.executable, *script]
+    else:
+        accelerate = Path(sys.executable).parent / "accelerate"
+        command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+                   "--mixed_precision", "bf16" if bf16 else "no", "--dynamo_backend", "no", *script]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if options.device == "cpu" and processes > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or processes) // processes))
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"Setting failed ({' '.join(command)}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    results = [json.loads(line[len("RESULT "):]) for line in lines]
+    return {**max(results, key=lambda r: r["step_s"]), "peak_gib": max(r["peak_gib"] for r in results)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per setting")
+    parser.add_argument("--warmup_steps", type=int, default=1, help="untimed first steps")
+    parser.add_argument("--batch_size", type=int, default=2, help="per device (the reference trains with 12)")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fixed_size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        make_dataset(work)
+        write_reference_config(work / "config.json")
+        rows = []
+        for processes in args.processes:
+            for fixed_size in (448, None):
+                for bf16 in (False, True):
+                    result = run_setting(work, processes, fixed_size, bf16, args)
+                    rows.append((processes, "448 fixed" if fixed_size else "multi-scale", "bf16" if bf16 else "fp32",
+                                 result))
+                    print(f"done: {rows[-1]}", file=sys.stderr, flush=True)
+    memory = "peak RSS / process (GiB)" if args.device == "cpu" else "peak GPU memory (GiB)"
+    print(f"\nINTR ResNet-50, 200 classes, batch {args.batch_size} per device, {args.device}, "
+          f"mean of {args.steps} steps after {args.warmup_steps} warm-up\n")
+    print(f"| processes | input | precision | s / step | images / s | {memory} |")
+    print("|---|---|---|---|---|---|")
+    for processes, size, precision, result in rows:
+        print(f"| {processes} | {size} | {precision} | {result['step_s']:.2f} | {result['images_per_s']:.2f} | "
+              f"{result['peak_gib']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,626 @@
+"""PyTorch INTR: the Interpretable Transformer for fine-grained image classification (Paul et al., ICLR 2024).
+
+INTR is DETR re-purposed for classification. A ResNet backbone and a DETR encoder turn the image into a feature map;
+the decoder gets one learned query per class, each query looks for its class in the image through cross-attention
+(with no position embedding on the keys), and one shared presence head Linear(d_model, 1) scores every query's output.
+The logit of class c therefore comes from query c alone, and query c's cross-attention weights (per head) explain it.
+
+    pixel_values [b, 3, H, W] -> backbone (frozen BatchNorm) -> feature map [b, C, h, w] -> 1x1 input projection
+    -> encoder (+ position embedding on self-attention queries and keys) -> memory [b, h*w, d]
+    class queries [num_labels, d] -> decoder (target starts at zeros; queries added to self/cross-attention queries)
+    -> final LayerNorm -> presence head -> logits [b, num_labels]
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import load_backbone
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_intr import IntrConfig
+
+
+@dataclass
+class IntrModelOutput(ModelOutput):
+    r"""
+    Outputs of [`IntrModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_labels, d_model)`):
+            One vector per class query: the last decoder layer's output after the decoder's final LayerNorm.
+        encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, height * width, d_model)`):
+            Encoder output, row-major over the feature map.
+        feature_mask (`torch.BoolTensor` of shape `(batch_size, height, width)`):
+            True at real (unpadded) feature positions. Its shape gives the feature-map height and width needed to
+            turn a cross-attention row into a map.
+        encoder_hidden_states (`tuple(torch.FloatTensor)`, with `output_hidden_states=True`):
+            Encoder input (projected features) and every encoder layer's output, each `(batch_size, height * width,
+            d_model)`.
+        decoder_hidden_states (`tuple(torch.FloatTensor)`, with `output_hidden_states=True`):
+            Every decoder layer's output after the decoder's final LayerNorm (as the reference's intermediate
+            outputs), each `(batch_size, num_labels, d_model)`; the presence head applies to any of them.
+        encoder_attentions (`tuple(torch.FloatTensor)`, with `output_attentions=True`):
+            Encoder self-attention weights per layer, each `(batch_size, num_heads, height * width, height * width)`.
+        decoder_attentions (`tuple(torch.FloatTensor)`, with `output_attentions=True`):
+            Decoder self-attention weights per layer, each `(batch_size, num_heads, num_labels, num_labels)`.
+        cross_attentions (`tuple(torch.FloatTensor)`, with `output_attentions=True`):
+            Decoder cross-attention weights per layer, each `(batch_size, num_heads, num_labels, height * width)`:
+            row c of head k is where class query c looked in the image. Padded positions have weight 0.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    feature_mask: torch.BoolTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class IntrImageClassifierOutput(ModelOutput):
+    r"""
+    Outputs of [`IntrForImageClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, with `labels`):
+            Classification loss (cross-entropy for single-label classification).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Logit of class c = presence head applied to class query c's decoder output.
+        encoder_last_hidden_state, feature_mask, encoder_hidden_states, decoder_hidden_states, encoder_attentions,
+        decoder_attentions, cross_attentions: as in [`IntrModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    feature_mask: torch.BoolTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class IntrFrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (buffers), eps 1e-5, as the reference backbone."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)  # meaningless for frozen statistics
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + 1e-5).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return hidden_states * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _freeze_batch_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = IntrFrozenBatchNorm2d(child.num_features)
+            for buffer in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, buffer).copy_(getattr(child, buffer).detach())
+            setattr(module, name, frozen)
+        else:
+            _freeze_batch_norms(child)
+
+
+class IntrConvEncoder(nn.Module):
+    """
+    The backbone (`load_backbone(config)`, a transformers ResNet by default) with frozen BatchNorm, optional DC5
+    dilation of its last stage and frozen early stages. Returns the single feature map and its downsampled mask.
+
+    As in the reference, a padded batch runs through the backbone as one tensor, so the features near an image's
+    bottom/right edge see the padding (after BatchNorm it is no longer zero). With `config.batch_invariant` each
+    image of a padded batch runs on its own unpadded region instead: its result no longer depends on its batch.
+    """
+
+    def __init__(self, config: IntrConfig):
+        super().__init__()
+        self.model = load_backbone(config)
+        with torch.no_grad():
+            _freeze_batch_norms(self.model)
+        stage_names = config.backbone_config.stage_names
+        output_stage = stage_names.index(config.backbone_config.out_features[0])
+        if config.dilation:
+            self._dilate_stage(self.model.encoder.stages[output_stage - 1])
+        for name, parameter in self.model.named_parameters():
+            if self._resnet_stage_name(name) in config.frozen_backbone_stages:
+                parameter.requires_grad_(False)
+        self.num_channels = self.model.channels[-1]
+        self.batch_invariant = config.batch_invariant
+
+    @staticmethod
+    def _resnet_stage_name(parameter_name: str) -> str | None:
+        # embedder.* -> "stem", encoder.stages.{i}.* -> "stage{i+1}" (transformers ResNet layout)
+        if parameter_name.startswith("embedder."):
+            return "stem"
+        if parameter_name.startswith("encoder.stages."):
+            return f"stage{int(parameter_name.split('.')[2]) + 1}"
+        return None
+
+    @staticmethod
+    def _dilate_stage(stage: nn.Module) -> None:
+        # torchvision's replace_stride_with_dilation: the first block drops its stride (shortcut and 3x3 conv) and
+        # keeps dilation 1; every following block's 3x3 conv uses dilation 2 (padding 2).
+        first_block, *other_blocks = stage.layers
+        first_block.shortcut.convolution.stride = (1, 1)
+        first_block.layer[1].convolution.stride = (1, 1)
+        for block in other_blocks:
+            conv = block.layer[1].convolution
+            conv.dilation, conv.padding = (2, 2), (2, 2)
+
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_invariant and not bool(pixel_mask.all()):
+            return self._forward_per_image(pixel_values, pixel_mask)
+        feature_map = self.model(pixel_values).feature_maps[-1]  # [b, C, h, w]
+        feature_mask = nn.functional.interpolate(pixel_mask[None].float(), size=feature_map.shape[-2:])[0].bool()
+        return feature_map, feature_mask  # [b, C, h, w], [b, h, w]
+
+    def _forward_per_image(self, pixel_values, pixel_mask):
+        # Each image through the backbone on its own unpadded region (padding is bottom/right), so no padding value
+        # leaks into its features through the convolutions; the feature maps are then zero-padded together.
+        maps = []
+        for image, mask in zip(pixel_values, pixel_mask.bool()):
+            height, width = int(mask.any(1).sum()), int(mask.any(0).sum())
+            maps.append(self.model(image[None, :, :height, :width]).feature_maps[-1][0])  # [C, h_i, w_i]
+        height, width = max(m.shape[1] for m in maps), max(m.shape[2] for m in maps)
+        feature_map = maps[0].new_zeros(len(maps), maps[0].shape[0], height, width)
+        feature_mask = torch.zeros(len(maps), height, width, dtype=torch.bool, device=feature_map.device)
+        for index, features in enumerate(maps):
+            feature_map[index, :, : features.shape[1], : features.shape[2]] = features
+            feature_mask[index, : features.shape[1], : features.shape[2]] = True
+        return feature_map, feature_mask
+
+
+class IntrSinePositionEmbedding(nn.Module):
+    """Sine position embedding, normalized over the real (unpadded) region, scale 2*pi, temperature 10000."""
+
+    def __init__(self, d_model: int, temperature: float = 10000.0, scale: float = 2 * math.pi):
+        super().__init__()
+        self.num_features = d_model // 2
+        self.temperature = temperature
+        self.scale = scale
+
+    def forward(self, feature_mask: torch.Tensor) -> torch.Tensor:
+        real = feature_mask.float()  # [b, h, w]
+        y_embed = real.cumsum(1)
+        x_embed = real.cumsum(2)
+        y_embed = y_embed / (y_embed[:, -1:, :] + 1e-6) * self.scale
+        x_embed = x_embed / (x_embed[:, :, -1:] + 1e-6) * self.scale
+        dim_t = torch.arange(self.num_features, dtype=torch.float32, device=feature_mask.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_features)
+        pos_x = x_embed[..., None] / dim_t  # [b, h, w, d/2]
+        pos_y = y_embed[..., None] / dim_t
+        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # [b, h*w, d]
+
+
+class IntrLearnedPositionEmbedding(nn.Module):
+    """Learned absolute position embedding: 50 row and 50 column vectors of size d_model / 2."""
+
+    max_size = 50
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.row_embeddings = _with_init(nn.Embedding(self.max_size, d_model // 2), "uniform")
+        self.column_embeddings = _with_init(nn.Embedding(self.max_size, d_model // 2), "uniform")
+
+    def forward(self, feature_mask: torch.Tensor) -> torch.Tensor:
+        batch_size, height, width = feature_mask.shape
+        if height > self.max_size or width > self.max_size:
+            raise ValueError(
+                f"The learned position embedding covers feature maps up to {self.max_size}x{self.max_size}, got "
+                f"{height}x{width}: use smaller images or position_embedding_type='sine'."
+            )
+        device = feature_mask.device
+        columns = self.column_embeddings(torch.arange(width, device=device))  # [w, d/2]
+        rows = self.row_embeddings(torch.arange(height, device=device))  # [h, d/2]
+        pos = torch.cat([columns[None].expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)
+        return pos.flatten(0, 1)[None].expand(batch_size, -1, -1)  # [b, h*w, d]
+
+
+def _with_init(module: nn.Module, scheme: str) -> nn.Module:
+    """Tag a leaf module with its initialisation scheme (read by `IntrPreTrainedModel._init_weights`)."""
+    module.init_scheme = scheme
+    return module
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention returning its weights; softmax in float32. query [b, heads, q, dh], key/value [b, heads, k, dh]."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [b, heads, q, k]
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    dropped = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(dropped, value).transpose(1, 2).contiguous()  # [b, q, heads, dh]
+    return output, weights
+
+
+class IntrAttention(nn.Module):
+    """
+    Multi-head attention with separate q/k/v/o projections, dispatched through transformers' attention interface.
+    The caller adds position embeddings to the query and key inputs. With `output_attentions=True` the eager path runs
+    so the exact weights come back; otherwise `config._attn_implementation` (e.g. `sdpa`) runs.
+    """
+
+    def __init__(self, config: IntrConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.d_model // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = False
+        self.q_proj = _with_init(nn.Linear(config.d_model, config.d_model), "packed_qkv")
+        self.k_proj = _with_init(nn.Linear(config.d_model, config.d_model), "packed_qkv")
+        self.v_proj = _with_init(nn.Linear(config.d_model, config.d_model), "packed_qkv")
+        self.o_proj = _with_init(nn.Linear(config.d_model, config.d_model), "xavier_zero_bias")
+
+    def forward(
+        self,
+        query_input: torch.Tensor,
+        key_input: torch.Tensor,
+        value_input: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, query_length, _ = query_input.shape
+        key_length = key_input.shape[1]
+        query = self.q_proj(query_input).view(batch_size, query_length, self.num_heads, -1).transpose(1, 2)
+        key = self.k_proj(key_input).view(batch_size, key_length, self.num_heads, -1).transpose(1, 2)
+        value = self.v_proj(value_input).view(batch_size, key_length, self.num_heads, -1).transpose(1, 2)
+        attention_mask = None
+        if key_mask is not None:  # [b, k] True = real -> additive [b, 1, 1, k]
+            attention_mask = torch.zeros(key_mask.shape, dtype=query.dtype, device=query.device)
+            attention_mask = attention_mask.masked_fill(~key_mask, torch.finfo(query.dtype).min)[:, None, None, :]
+        attention_interface: Callable = eager_attention_forward
+        if not output_attentions and self.config._attn_implementation not in (None, "eager"):
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        output = self.o_proj(output.reshape(batch_size, query_length, -1))  # [b, q, d]
+        return output, (weights if output_attentions else None)
+
+
+class IntrMLP(nn.Module):
+    """Feed-forward block: fc1 -> activation -> dropout -> fc2."""
+
+    def __init__(self, config: IntrConfig):
+        super().__init__()
+        self.fc1 = _with_init(nn.Linear(config.d_model, config.ffn_dim), "xavier")
+        self.fc2 = _with_init(nn.Linear(config.ffn_dim, config.d_model), "xavier")
+        self.activation = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
+
+
+class IntrResidualLayer(GradientCheckpointingLayer):
+    """Shared residual wiring of encoder and decoder layers: post-norm (reference default) or pre-norm."""
+
+    def __init__(self, config: IntrConfig):
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.dropout = nn.Dropout(config.dropout)
+
+    def residual(self, hidden_states: torch.Tensor, norm: nn.LayerNorm, block: Callable) -> tuple[torch.Tensor, ...]:
+        """hidden + dropout(block(x)) with x = norm(hidden) before (pre-norm) or norm applied after (post-norm)."""
+        output, *extras = block(norm(hidden_states) if self.pre_norm else hidden_states)
+        hidden_states = hidden_states + self.dropout(output)
+        return (hidden_states if self.pre_norm else norm(hidden_states)), *extras
+
+
+class IntrEncoderLayer(IntrResidualLayer):
+    def __init__(self, config: IntrConfig):
+        super().__init__(config)
+        self.self_attn = IntrAttention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.mlp = IntrMLP(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden_states, position_embeddings, key_mask, output_attentions=False):
+        def self_attention(x):  # position embedding on queries and keys, not values
+            return self.self_attn(x + position_embeddings, x + position_embeddings, x, key_mask, output_attentions)
+
+        hidden_states, attentions = self.residual(hidden_states, self.self_attn_layer_norm, self_attention)
+        (hidden_states,) = self.residual(hidden_states, self.final_layer_norm, lambda x: (self.mlp(x),))
+        return hidden_states, attentions
+
+
+class IntrDecoderLayer(IntrResidualLayer):
+    def __init__(self, config: IntrConfig):
+        super().__init__(config)
+        self.self_attn = IntrAttention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.cross_attn = IntrAttention(config)
+        self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.mlp = IntrMLP(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden_states, class_queries, memory, key_mask, output_attentions=False):
+        def self_attention(x):
+            return self.self_attn(x + class_queries, x + class_queries, x, None, output_attentions)
+
+        def cross_attention(x):  # INTR: no position embedding on the memory keys
+            return self.cross_attn(x + class_queries, memory, memory, key_mask, output_attentions)
+
+        hidden_states, self_attentions = self.residual(hidden_states, self.self_attn_layer_norm, self_attention)
+        hidden_states, cross_attentions = self.residual(hidden_states, self.cross_attn_layer_norm, cross_attention)
+        (hidden_states,) = self.residual(hidden_states, self.final_layer_norm, lambda x: (self.mlp(x),))
+        return hidden_states, self_attentions, cross_attentions
+
+
+class IntrPreTrainedModel(PreTrainedModel):
+    config: IntrConfig
+    config_class = IntrConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["IntrConvEncoder", "IntrEncoderLayer", "IntrDecoderLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As `PreTrainedModel.save_pretrained`; the folder's `auto_map` names both model classes of the bundle."""
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": "modeling_intr.IntrModel",
+            "AutoModelForImageClassification": "modeling_intr.IntrForImageClassification",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """
+        Switch the transformer's attention between `"eager"`, `"sdpa"` or any registered implementation. The
+        convolutional backbone has no attention (transformers' generic version would refuse `"sdpa"` for it).
+        """
+        if attn_implementation != "eager" and attn_implementation not in ALL_ATTENTION_FUNCTIONS:
+            raise ValueError(
+                f"Unknown attention implementation {attn_implementation!r}: use 'eager', 'sdpa' or one of "
+                f"{sorted(ALL_ATTENTION_FUNCTIONS.keys())}."
+            )
+        self.config._attn_implementation = attn_implementation
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """
+        The reference initialisation (Xavier-uniform transformer matrices, PyTorch defaults elsewhere). transformers
+        initialises leaf modules one by one, so each leaf carries its scheme in `init_scheme` (see `_with_init`).
+        """
+        scheme = getattr(module, "init_scheme", None)
+        if scheme == "packed_qkv":
+            # Xavier-uniform over the reference's packed [3d, d] in_proj_weight; zero bias (nn.MultiheadAttention).
+            bound = math.sqrt(6.0 / (4 * module.in_features))
+            init.uniform_(module.weight, -bound, bound)
+            init.zeros_(module.bias)
+        elif scheme in ("xavier", "xavier_zero_bias"):
+            init.xavier_uniform_(module.weight)
+            if scheme == "xavier_zero_bias":
+                init.zeros_(module.bias)
+            else:  # nn.Linear's default bias
+                bound = 1 / math.sqrt(module.in_features)
+                init.uniform_(module.bias, -bound, bound)
+        elif scheme == "uniform":  # learned position embeddings
+            init.uniform_(module.weight)
+        elif scheme == "normal":  # class queries: nn.Embedding's default N(0, 1)
+            init.normal_(module.weight)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):  # the input projection (backbone convs are initialised by the backbone)
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.in_channels)
+            init.uniform_(module.bias, -bound, bound)
+
+
+class IntrEncoder(nn.Module):
+    def __init__(self, config: IntrConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([IntrEncoderLayer(config) for _ in range(config.encoder_layers)])
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.pre_norm else None
+
+    def forward(self, hidden_states, position_embeddings, key_mask, output_attentions, output_hidden_states):
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attentions = layer(hidden_states, position_embeddings, key_mask, output_attentions)
+            if output_attentions:
+                all_attentions += (attentions,)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        if self.layer_norm is not None:
+            hidden_states = self.layer_norm(hidden_states)
+        return BaseModelOutput(hidden_states, all_hidden_states, all_attentions)
+
+
+class IntrDecoder(nn.Module):
+    def __init__(self, config: IntrConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([IntrDecoderLayer(config) for _ in range(config.decoder_layers)])
+        self.layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, class_queries, memory, key_mask, output_attentions, output_hidden_states):
+        hidden_states = torch.zeros_like(class_queries)  # the decoder target starts at zeros
+        all_hidden_states = () if output_hidden_states else None
+        self_attentions = () if output_attentions else None
+        cross_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, self_attention, cross_attention = layer(
+                hidden_states, class_queries, memory, key_mask, output_attentions
+            )
+            if output_attentions:
+                self_attentions += (self_attention,)
+                cross_attentions += (cross_attention,)
+            if output_hidden_states:
+                all_hidden_states += (self.layer_norm(hidden_states),)
+        return self.layer_norm(hidden_states), all_hidden_states, self_attentions, cross_attentions
+
+
+class IntrModel(IntrPreTrainedModel):
+    """INTR without the presence head: returns one decoder vector per class query."""
+
+    def __init__(self, config: IntrConfig):
+        super().__init__(config)
+        self.backbone = IntrConvEncoder(config)
+        self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
+        if config.position_embedding_type == "sine":
+            self.position_embedding = IntrSinePositionEmbedding(config.d_model)
+        else:
+            self.position_embedding = IntrLearnedPositionEmbedding(config.d_model)
+        self.encoder = IntrEncoder(config)
+        self.decoder = IntrDecoder(config)
+        self.class_queries = _with_init(nn.Embedding(config.num_labels, config.d_model), "normal")
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> IntrModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): normalized images.
+            pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                1 for real pixels, 0 for padding (as returned by `IntrImageProcessor`). Defaults to all ones.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be [batch, 3, height, width], got shape {tuple(pixel_values.shape)}.")
+        if pixel_mask is None:
+            pixel_mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], device=pixel_values.device)
+
+        feature_map, feature_mask = self.backbone(pixel_values, pixel_mask)  # [b, C, h, w], [b, h, w]
+        features = self.input_projection(feature_map).flatten(2).transpose(1, 2)  # [b, h*w, d]
+        position_embeddings = self.position_embedding(feature_mask).to(features.dtype)  # [b, h*w, d]
+        key_mask = feature_mask.flatten(1)  # [b, h*w]
+        encoder_outputs = self.encoder(
+            features, position_embeddings, key_mask, output_attentions, output_hidden_states
+        )
+        class_queries = self.class_queries.weight[None].expand(features.shape[0], -1, -1)  # [b, num_labels, d]
+        decoder_state, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
+            class_queries, encoder_outputs.last_hidden_state, key_mask, output_attentions, output_hidden_states
+        )
+        output = IntrModelOutput(
+            last_hidden_state=decoder_state,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            feature_mask=feature_mask,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            decoder_hidden_states=decoder_hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            decoder_attentions=decoder_attentions,
+            cross_attentions=cross_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class IntrForImageClassification(IntrPreTrainedModel):
+    """INTR: the logit of class c is the shared presence head applied to class query c's decoder output."""
+
+    def __init__(self, config: IntrConfig):
+        super().__init__(config)
+        self.model = IntrModel(config)
+        self.presence_head = _with_init(nn.Linear(config.d_model, 1), "xavier_zero_bias")
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> IntrImageClassifierOutput | tuple:
+        r"""
+        Args:
+            pixel_values, pixel_mask: as in [`IntrModel.forward`].
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class indices in `[0, num_labels)` for the cross-entropy loss (`problem_type` follows the transformers
+                conventions: regression for one label, multi-label with float targets of shape `(batch_size,
+                num_labels)`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True
+        )
+        logits = self.presence_head(outputs.last_hidden_state).squeeze(-1)  # [b, num_labels]
+        loss = self._loss(logits, labels) if labels is not None else None
+        output = IntrImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            feature_mask=outputs.feature_mask,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.config.num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        if problem_type == "regression":
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        if problem_type == "single_label_classification":
+            return nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.to(torch.float32))
+
+
+__all__ = ["IntrModel", "IntrForImageClassification", "IntrPreTrainedModel", "IntrModelOutput", "IntrImageClassifierOutput"]

@@ -1,0 +1,385 @@
+"""Tests of `run_finetune.py` and `modeling_intr/data.py`: training and evaluation end to end on the digits image
+folder, 2-process data-parallel training through `accelerate launch`, resume equivalence, the augmentation, the
+optimizer groups and schedule, bad data. CPU only, a few minutes in all.
+"""
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import ResNetConfig
+
+from conftest import REPO, clean_subprocess_env
+
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "examples"))
+
+import run_finetune  # noqa: E402
+from make_digits_dataset import make_digits_dataset  # noqa: E402
+from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
+from modeling_intr.data import (  # noqa: E402
+    REFERENCE_SCALES,
+    DataError,
+    TrainAugmentation,
+    check_image_folder,
+    collate_images,
+    load_image_splits,
+    pad_images,
+)
+
+# Far above chance: 10 balanced classes (chance 0.10). Reaching 0.5 on 200 held-out images by luck has probability
+# P(Binomial(200, 0.1) >= 100) < 1e-40, so it can only come from learning to find and recognise the digit (the tiny
+# model below reaches about 0.7 in 450 steps; 0.5 leaves room for platform differences).
+ACC_THRESHOLD = 0.5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Train on one intra-op thread: on a small machine shared with other jobs, two spinning OpenMP threads can slow
+    these tiny models down by an order of magnitude (the subprocess tests set OMP_NUM_THREADS=1 for the same reason)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_digits_config(path: Path, dropout: float = 0.0) -> Path:
+    """A tiny from-scratch INTR for 64x64 canvases (stride 16: 4x4 feature map), written as a config JSON."""
+    config = IntrConfig(
+        backbone_config=ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[16, 32, 64],
+                                     embedding_size=16, out_features=["stage3"]),
+        frozen_backbone_stages=[], d_model=32, num_attention_heads=4, encoder_layers=1, decoder_layers=1,
+        ffn_dim=64, dropout=dropout, attention_dropout=dropout, num_labels=10,
+    )
+    config.to_json_file(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    """64x64 digit canvases, 100 per class (80 train / 20 val) plus one more val image (201: an odd count that two
+    processes cannot split evenly), and one corrupt file that must be skipped."""
+    root = tmp_path_factory.mktemp("data")
+    make_digits_dataset(root, canvas_size=64, min_digit_size=32, max_digit_size=56, max_per_class=100, seed=0)
+    val = root / "digits" / "val"
+    first = json.loads((val / "metadata.jsonl").read_text().splitlines()[0])
+    (val / "0" / "extra.png").write_bytes((val / first["file_name"]).read_bytes())
+    with open(val / "metadata.jsonl", "a") as file:
+        file.write(json.dumps({**first, "file_name": "0/extra.png"}) + "\n")
+    (root / "digits" / "train" / "3" / "corrupt.png").write_bytes(b"not a png")
+    return root
+
+
+def common_args(root: Path, config: Path, output_dir: Path) -> list[str]:
+    return ["--config_name", str(config), "--dataset_path", str(root), "--dataset_name", "digits",
+            "--output_dir", str(output_dir), "--fixed_size", "64", "--flip_prob", "0",
+            "--learning_rate", "5e-4", "--backbone_learning_rate", "5e-4", "--per_device_train_batch_size", "16",
+            "--per_device_eval_batch_size", "32", "--save_strategy", "no", "--report_to", "none",
+            "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
+
+
+@pytest.fixture(scope="module")
+def trained(digits_root, tmp_path_factory):
+    """Train the tiny model in process; returns (output folder, metrics)."""
+    work = tmp_path_factory.mktemp("train")
+    config = tiny_digits_config(work / "config.json")
+    output_dir = work / "out"
+    metrics = run_finetune.main(common_args(digits_root, config, output_dir) + [
+        "--do_train", "--do_eval", "--num_train_epochs", "9", "--lr_drop", "7"])
+    return output_dir, metrics
+
+
+def test_training_reaches_far_above_chance(trained):
+    output_dir, metrics = trained
+    assert metrics["eval_num_images"] == 201
+    assert metrics["eval_acc@1"] >= ACC_THRESHOLD, metrics
+    assert metrics["eval_acc@5"] >= metrics["eval_acc@1"]
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_intr.py",
+                 "configuration_intr.py", "image_processing_intr.py", "README.md", "eval_results.json"):
+        assert (output_dir / name).is_file(), name
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {str(i): str(i) for i in range(10)}
+    assert "auto_map" in config
+    card = (output_dir / "README.md").read_text()
+    assert "Acc@1" in card and "trained from scratch" in card
+
+
+def test_eval_only_reproduces_the_reported_metrics(trained, digits_root, tmp_path):
+    output_dir, metrics = trained
+    evaluated = run_finetune.main(["--model_name_or_path", str(output_dir), "--dataset_path", str(digits_root),
+                                   "--dataset_name", "digits", "--output_dir", str(tmp_path), "--do_eval",
+                                   "--per_device_eval_batch_size", "7", "--report_to", "none",
+                                   "--dataloader_pin_memory", "false"])
+    for key in ("eval_acc@1", "eval_acc@5", "eval_num_images"):
+        assert evaluated[key] == metrics[key], key
+    assert json.loads((tmp_path / "eval_results.json").read_text())["eval_acc@1"] == metrics["eval_acc@1"]
+
+
+def test_output_folder_loads_through_pipeline_in_a_clean_process(trained, digits_root, tmp_path):
+    output_dir, _ = trained
+    image = next((digits_root / "digits" / "val" / "7").glob("*.png"))
+    code = ("from transformers import pipeline; import sys, json; "
+            "classifier = pipeline('image-classification', model=sys.argv[1], trust_remote_code=True); "
+            "print(json.dumps(classifier(sys.argv[2], top_k=3)))")
+    result = subprocess.run([sys.executable, "-c", code, str(output_dir), str(image)], cwd=tmp_path,
+                            env={**clean_subprocess_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(predictions) == 3 and all(p["label"] in [str(i) for i in range(10)] for p in predictions)
+
+
+def test_two_process_data_parallel_training(digits_root, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 ... --use_cpu`: real gloo DDP, identical weights on both
+    processes, each validation image counted once, outputs written once."""
+    config = tiny_digits_config(tmp_path / "config.json", dropout=0.1)
+    output_dir = tmp_path / "out"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "run_finetune.py"),
+               *common_args(digits_root, config, output_dir), "--do_train", "--do_eval", "--max_steps", "6",
+               "--per_device_eval_batch_size", "8", "--use_cpu", "--logging_steps", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    checksums = dict(re.findall(r"\[process (\d)/2\] final weights sha256 (\w+)", output))
+    assert set(checksums) == {"0", "1"}, output[-3000:]
+    assert checksums["0"] == checksums["1"]
+    saved = IntrForImageClassification.from_pretrained(output_dir)
+    assert run_finetune.weights_checksum(saved) == checksums["0"]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 32" in output  # 2 x 16
+    assert json.loads((output_dir / "eval_results.json").read_text())["eval_num_images"] == 201
+    assert output.count("***** train metrics *****") == 1
+    assert output.count("Skipped 1 file(s) of split 'train'") == 1
+    assert not list(output_dir.glob("checkpoint-*"))
+
+
+def test_resume_reaches_the_same_weights(digits_root, tmp_path):
+    """Interrupt after 4 of 8 steps (checkpoint-4), resume in a fresh run: the same final weights. Dropout, flips
+    and a learning-rate drop at step 4 make every piece of state (RNGs, optimizer, scheduler) matter."""
+    config = tiny_digits_config(tmp_path / "config.json", dropout=0.1)
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+
+    def arguments(output_dir):
+        return common_args(digits_root, config, output_dir) + [
+            "--do_train", "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--flip_prob", "0.5",
+            "--per_device_train_batch_size", "200", "--lr_drop", "1"]  # 4 steps per epoch: drop after step 4
+
+    run_finetune.main(arguments(full))
+    run_finetune.main(arguments(resumed) + ["--resume_from_checkpoint", str(full / "checkpoint-4")])
+    reference, continued = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    start = load_file(full / "checkpoint-4" / "model.safetensors")
+    assert any(not torch.equal(start[name], reference[name]) for name in reference)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(continued[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_reference_defaults_and_parameter_groups(tmp_path):
+    model_args, data_args, training_args = run_finetune.parse_arguments(
+        ["--config_name", "c.json", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train"])
+    assert (training_args.learning_rate, model_args.backbone_learning_rate) == (5e-5, 1e-5)
+    assert (training_args.weight_decay, training_args.max_grad_norm) == (1e-6, 0.1)
+    assert (training_args.num_train_epochs, training_args.per_device_train_batch_size, training_args.seed) == (140, 12, 42)
+    assert model_args.lr_drop == 80 and data_args.fixed_size is None and not training_args.remove_unused_columns
+
+    config = IntrConfig(backbone_config=ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[8, 16, 32],
+                                                     embedding_size=8, out_features=["stage3"]),
+                        d_model=32, num_attention_heads=4, encoder_layers=1, decoder_layers=1, ffn_dim=64,
+                        num_labels=3)  # frozen stem + stage1, as the reference
+    model = IntrForImageClassification(config)
+    dataset = [{"pixel_values": torch.zeros(3, 32, 32), "labels": 0}] * 24
+    trainer = run_finetune.IntrTrainer(model=model, args=training_args, train_dataset=dataset,
+                                       data_collator=collate_images, backbone_learning_rate=1e-5, lr_drop=80)
+    optimizer = trainer.create_optimizer()
+    transformer, backbone = optimizer.param_groups
+    assert (transformer["lr"], backbone["lr"]) == (5e-5, 1e-5)
+    assert transformer["weight_decay"] == backbone["weight_decay"] == 1e-6
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith("model.backbone.") for p in backbone["params"])
+    assert not any(names[id(p)].startswith("model.backbone.") for p in transformer["params"])
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in transformer["params"] + backbone["params"]} == trainable
+    assert not any(".embedder." in names[id(p)] or ".stages.0." in names[id(p)] for p in backbone["params"])
+
+    scheduler = trainer.create_scheduler(num_training_steps=1000)  # 24 images / 12 = 2 steps per epoch
+    for _ in range(159):
+        optimizer.step()  # no gradients: only keeps the optimizer-then-scheduler order
+        scheduler.step()
+    assert scheduler.get_last_lr() == pytest.approx([5e-5, 1e-5])  # epoch 79
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr() == pytest.approx([5e-6, 1e-6])  # epoch 80: x0.1
+
+
+def test_step_schedule_and_scheduler_type_are_exclusive(tmp_path):
+    base = ["--config_name", "c", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train"]
+    with pytest.raises(SystemExit):
+        run_finetune.parse_arguments(base + ["--lr_scheduler_type", "cosine"])
+    _, _, training_args = run_finetune.parse_arguments(base + ["--lr_drop", "0", "--lr_scheduler_type", "cosine"])
+    assert training_args.lr_scheduler_type == "cosine"
+
+
+def test_multiscale_augmentation_sizes_within_bounds():
+    random.seed(0)
+    augmentation = TrainAugmentation()
+    for height, width in [(300, 500), (480, 640), (1000, 200), (64, 64)]:
+        image = Image.new("RGB", (width, height))
+        for _ in range(40):
+            out = augmentation(image)
+            short, long = min(out.size), max(out.size)
+            assert short in REFERENCE_SCALES or long <= 1333 + 2, (height, width, out.size)
+            assert long <= 1333 + 2 or short in REFERENCE_SCALES
+
+
+def test_fixed_size_and_flip_only_mirrors():
+    random.seed(0)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    array = np.asarray(image)
+    outcomes = {np.array_equal(np.asarray(TrainAugmentation(flip_prob=0.5).flip(image)), array[:, ::-1])
+                for _ in range(30)}
+    assert outcomes == {True, False}
+    for _ in range(10):
+        flipped = np.asarray(TrainAugmentation(flip_prob=0.5).flip(image))
+        assert np.array_equal(flipped, array) or np.array_equal(flipped, array[:, ::-1])
+    assert np.array_equal(np.asarray(TrainAugmentation(flip_prob=0.0).flip(image)), array)
+    assert TrainAugmentation(fixed_size=48).resize(image).size == (48, 48)
+
+
+def test_padding_masks_match_images():
+    images = [torch.rand(3, 10, 7) + 1, torch.rand(3, 6, 12) + 1]
+    pixel_values, pixel_mask = pad_images(images)
+    assert pixel_values.shape == (2, 3, 10, 12) and pixel_mask.shape == (2, 10, 12)
+    for index, image in enumerate(images):
+        height, width = image.shape[1:]
+        assert pixel_mask[index].sum() == height * width
+        assert pixel_mask[index, :height, :width].all()
+        assert torch.equal(pixel_values[index, :, :height, :width], image)
+        assert (pixel_values[index][:, pixel_mask[index] == 0] == 0).all()
+
+
+def test_topk_metric_loads_offline_by_path():
+    import evaluate
+
+    metric = evaluate.load(str(REPO / "metrics" / "topk_accuracy"))
+    scores = [[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]
+    assert metric.compute(predictions=scores, references=[1, 1, 0], k=(1, 2)) == {"acc@1": 1 / 3, "acc@2": 2 / 3}
+
+
+def write_image(path: Path, image: Image.Image, **options) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **options)
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    """Two classes; readable odd modes (L, CMYK, 16-bit, RGBA, P) and unreadable files."""
+    root = tmp_path / "messy"
+    rgb = Image.new("RGB", (16, 12), (200, 10, 10))
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            write_image(root / split / label / "rgb.png", rgb)
+    train_a = root / "train" / "a"
+    write_image(train_a / "gray.png", rgb.convert("L"))
+    write_image(train_a / "cmyk.jpg", rgb.convert("CMYK"))
+    write_image(train_a / "deep.png", Image.fromarray(np.full((12, 16), 40000, dtype=np.uint16)))
+    write_image(train_a / "alpha.png", rgb.convert("RGBA"))
+    write_image(train_a / "palette.png", rgb.convert("P"))
+    (train_a / "empty.jpg").write_bytes(b"")
+    (train_a / "text.jpg").write_text("not an image")
+    jpeg = train_a / "truncated.jpg"
+    write_image(jpeg, Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+    (root / "train" / "b" / "notes.txt").write_text("labels")
+    return tmp_path
+
+
+def test_bad_images_are_skipped_with_names_or_refused(messy_folder):
+    data = load_image_splits(str(messy_folder), "messy", ["train", "validation"])
+    train = data.splits["train"]
+    assert data.classes == ["a", "b"]
+    assert len(train) == 7 and len(data.splits["validation"]) == 2  # 2 rgb + gray, cmyk, 16-bit, rgba, palette
+    skipped = " ".join(data.skipped["train"])
+    assert len(data.skipped["train"]) == 4 and not data.skipped["validation"]
+    for name in ("empty.jpg", "text.jpg", "truncated.jpg", "notes.txt"):
+        assert name in skipped
+    pixels = {Path(row["image"].filename).name: np.asarray(row["image"]) for row in train}
+    assert pixels["deep.png"].max() > 0  # not read as 16-bit clipped to white or black
+    batch = collate_images([train.with_transform(run_finetune.ImageTransform(
+        run_finetune.IntrImageProcessor(size={"height": 8, "width": 8})))[i] for i in range(len(train))])
+    assert batch["pixel_values"].shape == (7, 3, 8, 8) and torch.isfinite(batch["pixel_values"]).all()
+    with pytest.raises(DataError, match="strict_images"):
+        load_image_splits(str(messy_folder), "messy", ["train"], strict_images=True)
+
+
+def test_folder_layout_errors_before_training(tmp_path):
+    rgb = Image.new("RGB", (8, 8))
+    for split, label in [("train", "a"), ("train", "b"), ("val", "a"), ("val", "c")]:
+        write_image(tmp_path / "d" / split / label / "x.png", rgb)
+    with pytest.raises(DataError, match=r"only in train: \['b'\]; only in val: \['c'\]"):
+        check_image_folder(tmp_path / "d")
+    write_image(tmp_path / "e" / "train" / "a" / "x.png", rgb)
+    with pytest.raises(DataError, match=r"no \['val'\] split"):
+        check_image_folder(tmp_path / "e")
+    (tmp_path / "d" / "val" / "b").mkdir()
+    with pytest.raises(DataError, match="has no images"):
+        check_image_folder(tmp_path / "d")
+
+
+def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path):
+    from conftest import tiny_config
+
+    model = IntrForImageClassification(tiny_config(num_labels=3, id2label={0: "cat", 1: "dog", 2: "eel"},
+                                                   label2id={"cat": 0, "dog": 1, "eel": 2}))
+    model.save_pretrained(tmp_path / "model")
+    args = run_finetune.ModelArguments(model_name_or_path=str(tmp_path / "model"))
+    assert run_finetune.labels_of(run_finetune.load_model(args, ["cat", "dog", "eel"]).config) == ["cat", "dog", "eel"]
+    with pytest.raises(ValueError, match=r"(?s)\['cat', 'dog', 'eel'\].*\['ant', 'bee'\]"):
+        run_finetune.load_model(args, ["ant", "bee"])
+    args.reinit_class_queries = True
+    for classes in (["ant", "bee"], ["ant", "bee", "cow"]):
+        new = run_finetune.load_model(args, classes)
+        assert run_finetune.labels_of(new.config) == classes
+        assert new.model.class_queries.weight.shape[0] == len(classes)
+        assert not torch.equal(new.model.class_queries.weight[:2], model.model.class_queries.weight[:2])
+        torch.testing.assert_close(new.presence_head.weight, model.presence_head.weight)
+
+
+def test_dataset_by_name_goes_through_load_dataset(tmp_path):
+    """Without --dataset_path, --dataset_name goes to `load_dataset` as is (a Hub name; here a local folder, which
+    `load_dataset` reads as imagefolder with a ClassLabel column)."""
+    for split, count in (("train", 3), ("validation", 2)):
+        for label in ("cat", "dog"):
+            for index in range(count):
+                write_image(tmp_path / "hub" / split / label / f"{index}.png", Image.new("RGB", (8, 8)))
+    data = load_image_splits(None, str(tmp_path / "hub"), ["train", "validation"])
+    assert data.classes == ["cat", "dog"]
+    assert {split: len(dataset) for split, dataset in data.splits.items()} == {"train": 6, "validation": 4}
+    assert set(data.splits["train"].column_names) >= {"image", "label"}
+    with pytest.raises(DataError, match="no split"):
+        load_image_splits(None, str(tmp_path / "hub"), ["test"])
+
+
+def test_activation_checkpointing_bf16_and_dataloader_workers(digits_root, tmp_path):
+    """Options that come from TrainingArguments: activation (gradient) checkpointing, bf16 autocast on CPU, workers."""
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.checkpointing = model.is_activation_checkpointing
+
+    probe = Probe()
+    config = tiny_digits_config(tmp_path / "config.json")
+    metrics = run_finetune.main(common_args(digits_root, config, tmp_path / "out") + [
+        "--do_train", "--max_steps", "2", "--activation_checkpointing", "--bf16", "--use_cpu",
+        "--dataloader_num_workers", "2", "--lr_drop", "0"], callbacks=[probe])
+    assert probe.checkpointing and np.isfinite(metrics["train_loss"])

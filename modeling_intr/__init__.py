@@ -10,6 +10,15 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .checkpoints import CheckpointError, load_reference_checkpoint, reference_state_dict_to_intr
 from .configuration_intr import IntrConfig, resnet_backbone_config
 from .image_processing_intr import IntrImageProcessor
+from .interpret import (
+    attention_rollout,
+    evaluate_explanations,
+    explain,
+    gradient_rollout,
+    localization_scores,
+    mass_in_box,
+    pointing_game,
+)
 from .modeling_intr import (
     IntrForImageClassification,
     IntrImageClassifierOutput,
@@ -37,7 +46,14 @@ __all__ = [
     "IntrModel",
     "IntrModelOutput",
     "IntrPreTrainedModel",
+    "attention_rollout",
+    "evaluate_explanations",
+    "explain",
+    "gradient_rollout",
     "load_reference_checkpoint",
+    "localization_scores",
+    "mass_in_box",
+    "pointing_game",
     "reference_state_dict_to_intr",
     "resnet_backbone_config",
 ]

@@ -51,16 +51,19 @@ def main():
     model_flops = counter.get_total_flops()
 
     peaks = {dtype: matmul_peak(dtype, args.device, args.repeats) for dtype in (torch.float32, torch.bfloat16)}
-    rows = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for output_attentions in (False, True):
+    settings = [(dtype, attentions) for dtype in (torch.float32, torch.bfloat16) for attentions in (False, True)]
 
-            def forward():
-                with torch.no_grad(), torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
-                    model(pixel_values, output_attentions=output_attentions)
+    def forward(dtype, output_attentions):
+        with torch.no_grad(), torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
+            model(pixel_values, output_attentions=output_attentions)
 
-            seconds = best_seconds(forward, args.repeats, args.device)
-            rows.append((dtype, output_attentions, seconds, model_flops / seconds / peaks[dtype]))
+    # Interleaved rounds (every setting once per round), best of each: drift in machine load hits all settings alike.
+    best = {setting: float("inf") for setting in settings}
+    for _ in range(args.repeats):
+        for setting in settings:
+            best[setting] = min(best[setting], best_seconds(lambda: forward(*setting), 1, args.device))
+    rows = [(dtype, attentions, best[dtype, attentions], model_flops / best[dtype, attentions] / peaks[dtype])
+            for dtype, attentions in settings]
 
     print(f"device: {args.device}, threads: {torch.get_num_threads()}, model GFLOP/forward: {model_flops / 1e9:.1f}")
     print(f"matmul peak: float32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.1f} GFLOP/s")

@@ -89,3 +89,13 @@ def test_bundle_files_import_only_public_libraries_and_each_other():
                     assert node.level == 1 and f"{node.module}.py" in BUNDLE, (name, node.module)
                 else:
                     assert node.module.split(".")[0] in allowed_roots, (name, node.module)
+
+
+def test_the_shipped_example_model_carries_the_current_code_bundle():
+    """examples/intr-digits is loaded with trust_remote_code by users: its copy of the bundle must not drift."""
+    for name in BUNDLE:
+        shipped = (REPO / "examples" / "intr-digits" / name).read_text()
+        assert shipped == (REPO / "modeling_intr" / name).read_text(), (
+            f"examples/intr-digits/{name} differs from modeling_intr/{name}: refresh it with "
+            "IntrForImageClassification.from_pretrained(d).save_pretrained(d) and the processor likewise"
+        )

@@ -296,12 +296,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
-def test_bf16_autocast_runs_with_float32_softmax():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_with_float32_softmax(dtype):
     model = tiny_model()
     pixel_values, pixel_mask = padded_batch([(64, 96), (48, 40)])
     with torch.no_grad():
         reference = model(pixel_values, pixel_mask).logits
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             outputs = model(pixel_values, pixel_mask, output_attentions=True)
     assert torch.isfinite(outputs.logits).all()
     torch.testing.assert_close(outputs.cross_attentions[-1].float().sum(-1), torch.ones(2, 4, 5), atol=1e-2, rtol=0)

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO.parent / "shared" / "fixtures"  # ../shared/fixtures: outputs of the authors' reference code
 requires_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES} (absent from a fresh clone)"
 )

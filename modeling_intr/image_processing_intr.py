@@ -86,6 +86,23 @@ def attention_to_feature_map(attention, feature_mask):
     return crop_to_feature_mask(attention.reshape(*attention.shape[:-1], *feature_mask.shape), feature_mask)
 
 
+def resize_maps(maps, size):
+    """
+    Resize maps bilinearly (`align_corners=False`): attention maps to an image size, for overlays.
+
+    Args:
+        maps (`torch.Tensor` of shape `(..., height, width)`): maps to resize.
+        size (`tuple[int, int]`): target `(height, width)`.
+
+    Returns:
+        `torch.Tensor` of shape `(..., size[0], size[1])`, float32.
+    """
+    leading = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    resized = F.interpolate(flat, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    return resized.reshape(*leading, *resized.shape[-2:])
+
+
 def _flatten_images(images):
     """A single image, a list/tuple of images, or a 4D array/tensor batch -> list of images."""
     if isinstance(images, (list, tuple)):
@@ -345,9 +362,15 @@ class IntrImageProcessor(PilBackend):
             maps = attention_to_feature_map(attention[index, :, class_id].float(), feature_mask[index])
             if target_sizes is not None:
                 height, width = (int(value) for value in target_sizes[index])
-                maps = F.interpolate(maps[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+                maps = resize_maps(maps, (height, width))
             results.append({"class_id": class_id, "attention_maps": maps})
         return results
 
 
-__all__ = ["IntrImageProcessor", "attention_to_feature_map", "crop_to_feature_mask", "get_resize_output_size"]
+__all__ = [
+    "IntrImageProcessor",
+    "attention_to_feature_map",
+    "crop_to_feature_mask",
+    "get_resize_output_size",
+    "resize_maps",
+]

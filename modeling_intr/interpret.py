@@ -17,24 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .image_processing_intr import _flatten_images, attention_to_feature_map
-
-
-def resize_maps(maps, size):
-    """
-    Resize maps bilinearly (`align_corners=False`, as `IntrImageProcessor.post_process_attention_maps`).
-
-    Args:
-        maps (`torch.Tensor` of shape `(..., height, width)`): maps to resize.
-        size (`tuple[int, int]`): target `(height, width)`.
-
-    Returns:
-        `torch.Tensor` of shape `(..., size[0], size[1])`, float32.
-    """
-    leading = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-    resized = F.interpolate(flat, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
-    return resized.reshape(*leading, *resized.shape[-2:])
+from .image_processing_intr import _flatten_images, attention_to_feature_map, resize_maps
 
 
 def gaussian_blur(images, sigma):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .configuration_intr import IntrConfig, resnet_backbone_config
+from .configuration_intr import IntrConfig, resnet_backbone_config, resnet_name
 from .modeling_intr import IntrForImageClassification
 
 
@@ -151,12 +151,7 @@ def config_from_reference_state_dict(
         )
     depths = [blocks[stage] for stage in (1, 2, 3, 4)]
     bottleneck = "backbone.0.body.layer1.0.conv3.weight" in keys
-    resnet = {
-        (False, (2, 2, 2, 2)): "resnet18",
-        (False, (3, 4, 6, 3)): "resnet34",
-        (True, (3, 4, 6, 3)): "resnet50",
-        (True, (3, 4, 23, 3)): "resnet101",
-    }.get((bottleneck, tuple(depths)))
+    resnet = resnet_name("bottleneck" if bottleneck else "basic", depths)
     if resnet is None:
         raise CheckpointError(f"Unknown ResNet layout: {'bottleneck' if bottleneck else 'basic'} blocks, depths {depths}.")
     count = lambda pattern: len({m.group(1) for m in map(re.compile(pattern).match, keys) if m})  # noqa: E731

@@ -36,7 +36,7 @@ from .checkpoints import (
     load_intr_weights,
     reference_state_dict_to_intr,
 )
-from .configuration_intr import IntrConfig
+from .configuration_intr import IntrConfig, resnet_name
 from .image_processing_intr import IntrImageProcessor
 from .modeling_intr import IntrForImageClassification
 
@@ -398,9 +398,10 @@ def _hf_detr_args(config_path: Path | None) -> argparse.Namespace | None:
 
 
 def _resnet_name(backbone_config) -> str:
-    depth = {(False, 8): 18, (False, 16): 34, (True, 16): 50, (True, 33): 101}.get(
-        (backbone_config.layer_type == "bottleneck", sum(backbone_config.depths)))
-    return f"ResNet-{depth}" if depth else f"ResNet ({backbone_config.layer_type}, depths {backbone_config.depths})"
+    name = resnet_name(backbone_config.layer_type, backbone_config.depths)
+    return f"ResNet-{name[len('resnet'):]}" if name else (
+        f"ResNet ({backbone_config.layer_type}, depths {backbone_config.depths})"
+    )
 
 
 def _convert(

@@ -16,6 +16,14 @@ _RESNET_PRESETS = {
 }
 
 
+def resnet_name(layer_type: str, depths) -> str | None:
+    """The torchvision name (`"resnet50"`, ...) of a ResNet with these block type and depths; None if none matches."""
+    for name, (preset_type, preset_depths, _) in _RESNET_PRESETS.items():
+        if (preset_type, preset_depths) == (layer_type, list(depths)):
+            return name
+    return None
+
+
 def resnet_backbone_config(name: str = "resnet50", out_feature: str = "stage4") -> ResNetConfig:
     """A transformers `ResNetConfig` laid out like torchvision's `name` (resnet18/34/50/101), returning `out_feature`."""
     if name not in _RESNET_PRESETS:
@@ -141,4 +149,4 @@ class IntrConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["IntrConfig", "resnet_backbone_config"]
+__all__ = ["IntrConfig", "resnet_backbone_config", "resnet_name"]

@@ -15,9 +15,8 @@ from modeling_intr.convert import (
     LAYOUTS,
     PushToHubError,
     convert_checkpoint,
-    labels_from_image_folder,
-    read_labels_file,
 )
+from modeling_intr.image_folders import labels_from_image_folder, read_labels_file
 
 ARCHITECTURE_OVERRIDES = ("dilation", "num_attention_heads", "dropout", "attention_dropout")  # IntrConfig arguments
 

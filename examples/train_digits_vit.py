@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
+from modeling_intr.image_folders import list_classes
+
 
 def load_split(folder, processor):
     """All images of `folder/<class>/*.png` as processed pixel values `[n, 3, 128, 128]` and labels `[n]`."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = list_classes(folder)
     paths = [(path, label) for label, name in enumerate(classes) for path in sorted((folder / name).glob("*.png"))]
     images = [Image.open(path).convert("RGB") for path, _ in paths]
     pixel_values = processor(images, return_tensors="pt")["pixel_values"]

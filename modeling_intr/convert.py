@@ -37,6 +37,7 @@ from .checkpoints import (
     reference_state_dict_to_intr,
 )
 from .configuration_intr import IntrConfig, resnet_name
+from .image_folders import labels_from_image_folder, read_labels_file
 from .image_processing_intr import IntrImageProcessor
 from .modeling_intr import IntrForImageClassification
 
@@ -203,48 +204,6 @@ def expand_class_queries(
 
 
 # ----------------------------------------------------------------------------------------------- labels
-
-
-def read_labels_file(path: str | Path) -> list[str]:
-    """
-    Class names, index 0 first, from a CUB-style `classes.txt` (`1 001.Black_footed_Albatross`: line i is class
-    i - 1 and the name drops the numeric `001.` prefix) or a plain file with one name per line. Blank lines are
-    skipped; a numbered file whose numbers are not 1, 2, 3, ... in order raises `ValueError`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Labels file {path} does not exist.")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"Labels file {path} has no class names.")
-    numbered = [re.match(r"^(\d+)\s+(\S.*)$", line) for line in lines]
-    if not all(numbered):
-        return lines
-    wrong = [(row, match.group(1)) for row, match in enumerate(numbered, start=1) if int(match.group(1)) != row]
-    if wrong:
-        row, number = wrong[0]
-        raise ValueError(f"Labels file {path} looks like CUB classes.txt but line {row} is numbered {number}.")
-    return [re.sub(r"^\d+\.", "", match.group(2)) for match in numbered]
-
-
-def labels_from_image_folder(train_dir: str | Path) -> list[str]:
-    """
-    The class names of an image folder `train_dir/<class>/<image>`: its sorted sub-folder names (hidden ones
-    skipped), the order of `datasets`' imagefolder loader and `run_finetune.py`. A class folder without (non-hidden)
-    files raises `ValueError`: the loader would drop that class and shift the labels after it.
-    """
-    train_dir = Path(train_dir)
-    if not train_dir.is_dir():
-        raise ValueError(f"Image folder {train_dir} does not exist.")
-    classes = sorted(path.name for path in train_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
-    if not classes:
-        raise ValueError(f"Image folder {train_dir} has no class folders; expected {train_dir}/<class>/<image>.")
-    empty = [name for name in classes if not any(path.is_file() for path in (train_dir / name).rglob("[!.]*"))]
-    if empty:
-        raise ValueError(
-            f"Class folders without files in {train_dir} (the imagefolder loader would drop them): {empty}"
-        )
-    return classes
 
 
 def _class_names(

@@ -22,12 +22,10 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
-from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
+from .image_folders import METADATA_FILENAMES, image_column, is_image_file, label_column, list_classes
 from .image_processing_intr import _pil_to_rgb, get_resize_output_size
 
-IMAGE_EXTENSIONS = frozenset(ImageFolder.EXTENSIONS)
-METADATA_FILENAMES = frozenset(ImageFolder.METADATA_FILENAMES)
 # Folder name in the reference layout -> split name given by `datasets`' imagefolder loader.
 FOLDER_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 REFERENCE_SCALES = tuple(range(480, 801, 32))  # shorter side of the multi-scale resize
@@ -36,10 +34,6 @@ REFERENCE_MAX_SIZE = 1333
 
 class DataError(ValueError):
     """A dataset that cannot be trained or evaluated on as it is (the message says what to fix)."""
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 @dataclass
@@ -75,15 +69,14 @@ def check_image_folder(root: str | Path, required_splits: Sequence[str] = ("trai
         split_dir = root / split
         ignored += [str(p.relative_to(root)) for p in split_dir.iterdir()
                     if p.is_file() and p.name not in METADATA_FILENAMES]
-        # hidden folders (.ipynb_checkpoints, ...) are not classes, as for the imagefolder loader
-        class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = [split_dir / name for name in list_classes(split_dir)]
         if not class_dirs:
             raise DataError(f"Split folder {split_dir} has no class folders; expected {split_dir}/<class>/<image>.")
         image_files[split] = []
         for class_dir in class_dirs:
             files = [p for p in class_dir.rglob("*") if p.is_file()]
-            ignored += [str(p.relative_to(root)) for p in files if not _is_image_file(p)]
-            images = [str(p.relative_to(root)) for p in files if _is_image_file(p)]
+            ignored += [str(p.relative_to(root)) for p in files if not is_image_file(p)]
+            images = [str(p.relative_to(root)) for p in files if is_image_file(p)]
             if not images:
                 raise DataError(f"Class folder {class_dir} has no images: remove it or add its images.")
             image_files[split] += images
@@ -152,14 +145,6 @@ def find_unreadable_images(dataset: datasets.Dataset, image_column: str) -> tupl
     return readable, unreadable
 
 
-def _label_column(dataset: datasets.Dataset) -> str | None:
-    return next((name for name, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)), None)
-
-
-def _image_column(dataset: datasets.Dataset) -> str | None:
-    return next((name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)), None)
-
-
 @dataclass
 class ImageSplits:
     """Loaded splits (`image` and `label` columns, plus any metadata), the class names, and what was skipped."""
@@ -205,22 +190,22 @@ def load_image_splits(
     result = {}
     for split in splits:
         dataset = loaded[split]
-        image_column, label_column = _image_column(dataset), _label_column(dataset)
-        if image_column is None:
+        image_name, label_name = image_column(dataset.features), label_column(dataset.features)
+        if image_name is None:
             raise DataError(f"Split {split!r} of {dataset_name!r} has no image column: {dataset.features}.")
         if dataset_path is not None:
-            dataset, loaded_files = _labels_from_folders(dataset, image_column, root, classes)
+            dataset, loaded_files = _labels_from_folders(dataset, image_name, root, classes)
             unlisted = sorted(set(report.image_files[folder_names[split]]) - set(loaded_files))
             skipped[split] += [f"{name}: not listed in the metadata file, left out by the loader" for name in unlisted]
         else:
-            if label_column is None:
+            if label_name is None:
                 raise DataError(f"Split {split!r} of {dataset_name!r} has no ClassLabel column: {dataset.features}.")
-            split_classes = dataset.features[label_column].names
+            split_classes = dataset.features[label_name].names
             if classes is not None and split_classes != classes:
                 raise DataError(f"Splits of {dataset_name!r} have different classes: {classes} vs {split_classes}.")
             classes = split_classes
-            dataset = dataset.rename_columns({name: new for name, new in ((image_column, "image"),
-                                              (label_column, "label")) if name != new})
+            dataset = dataset.rename_columns({name: new for name, new in ((image_name, "image"),
+                                              (label_name, "label")) if name != new})
         readable, unreadable = find_unreadable_images(dataset, "image")
         skipped[split] += unreadable
         if skipped[split] and strict_images:

@@ -42,13 +42,13 @@ from .interpret import (
     resize_maps,
     top_predictions,
 )
+from .image_folders import image_column, is_image_file, label_column, list_classes
 from .modeling_intr import IntrForImageClassification
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DEFAULT_MODEL = EXAMPLES / "intr-digits"
 DEFAULT_IMAGE = EXAMPLES / "sample_digit.png"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 # ---------------------------------------------------------------- pictures
@@ -178,16 +178,14 @@ def _hub_split_items(args):
     import datasets  # the `train` extra; only this mode needs it
 
     split = datasets.load_dataset(args.dataset_name, split=args.split)
-    columns = split.features.items()
-    image_column = next(name for name, feature in columns if isinstance(feature, datasets.Image))
-    label_column = next((name for name, feature in columns if isinstance(feature, datasets.ClassLabel)), None)
-    labels = split[label_column] if label_column else [None] * len(split)
+    image_name, label_name = image_column(split.features), label_column(split.features)
+    labels = split[label_name] if label_name else [None] * len(split)
     boxes = split["bbox"] if "bbox" in split.column_names else [None] * len(split)
     return [
         {
             "path": f"{args.dataset_name}[{args.split}][{index}]",
             "name": f"{label}_{index:05d}",
-            "load": lambda index=index: split[index][image_column],
+            "load": lambda index=index: split[index][image_name],
             "true_class": label,
             "bbox": boxes[index],
         }
@@ -199,7 +197,7 @@ def _hub_split_items(args):
 def _folder_split_items(args):
     """Items of `DATASET_PATH/DATASET_NAME/SPLIT/<class>/*` (classes: sorted folder names)."""
     split = Path(args.dataset_path) / args.dataset_name / args.split
-    classes = sorted(p.name for p in split.iterdir() if p.is_dir()) if split.is_dir() else []
+    classes = list_classes(split)
     if not classes:
         raise SystemExit(f"No class folders in {split}.")
     chosen = range(len(classes)) if args.class_index is None else [args.class_index]
@@ -207,7 +205,7 @@ def _folder_split_items(args):
         {"path": path, "name": f"{classes[class_index]}_{path.stem}", "true_class": class_index}
         for class_index in chosen
         for path in sorted((split / classes[class_index]).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES
+        if is_image_file(path)
     ]
 
 
@@ -216,7 +214,7 @@ def _path_items(args):
     items = []
     for given in map(Path, args.images or [DEFAULT_IMAGE]):
         if given.is_dir():
-            paths = sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths = sorted(p for p in given.rglob("*") if is_image_file(p))
             items += [{"path": p, "name": "_".join(p.relative_to(given).with_suffix("").parts)} for p in paths]
         elif given.is_file():
             items.append({"path": given, "name": given.stem})

@@ -20,10 +20,9 @@ from modeling_intr.convert import (
     convert_to_model,
     detect_layout,
     expand_class_queries,
-    labels_from_image_folder,
-    read_labels_file,
     split_hf_detr_state_dict,
 )
+from modeling_intr.image_folders import labels_from_image_folder, read_labels_file
 
 sys.path.insert(0, str(REPO))
 from convert_detr_checkpoint import main  # noqa: E402

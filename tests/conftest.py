@@ -1,4 +1,5 @@
-"""Shared test helpers: the reference fixtures' location, a tiny INTR config, a clean subprocess environment."""
+"""Shared test helpers: the reference fixtures and how to compare with them, a tiny INTR config, a clean subprocess
+environment."""
 
 import os
 import sys
@@ -14,6 +15,44 @@ FIXTURES = REPO.parent / "shared" / "fixtures"  # ../shared/fixtures: outputs of
 requires_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES} (absent from a fresh clone)"
 )
+
+
+# How results are compared with the reference, in one place. The float64 reference outputs are the truth: a faithful
+# implementation run in float64 matches them to ~1e-13 on any CPU or GPU, so FLOAT64_TOLERANCE proves exactness.
+# float32 results depend on each CPU's kernels (summation order differs between AVX2, AVX-512 and ARM), so they are
+# compared with the float64 truth, never with the float32 file made on another machine: the bound is float32's
+# machine epsilon times a fixed error-growth budget of 2**10 for a network of this depth, relative to the size of
+# the compared values (1e-4 for attention weights, ~2e-3 for logits of magnitude 16). The reference's own float32
+# run lies 5-10x inside it on every output.
+FLOAT64_TOLERANCE = 1e-10
+FLOAT32_ERROR_GROWTH = 2**10
+
+
+def float32_tolerance(truth) -> float:
+    """Absolute tolerance for a float32 result against its float64 `truth` (a tensor): eps32 * 2**10 * scale."""
+    import torch
+
+    return torch.finfo(torch.float32).eps * FLOAT32_ERROR_GROWTH * max(1.0, float(truth.abs().max()))
+
+
+def assert_matches_truth(actual, truth, name: str = "output") -> None:
+    """`actual` (float32 or float64) agrees with the float64 `truth` within the tolerance of `actual`'s dtype."""
+    import torch
+
+    tolerance = FLOAT64_TOLERANCE if actual.dtype == torch.float64 else float32_tolerance(truth)
+    difference = float((actual.double() - truth.double()).abs().max())
+    assert difference <= tolerance, f"{name}: max difference {difference:.3g} > tolerance {tolerance:.3g} ({actual.dtype})"
+
+
+def reference_fixture(name: str = "official_intr_r18") -> dict:
+    """Paths of one reference model's fixture folder: `checkpoint`, `io` (float32 outputs), `io_float64`, `args`."""
+    folder = FIXTURES / name
+    return {
+        "checkpoint": folder / "checkpoint.pth",
+        "io": folder / "reference_io.safetensors",
+        "io_float64": folder / "reference_io_float64.safetensors",
+        "args": folder / "reference.json",
+    }
 
 
 def tiny_config(**overrides):

@@ -362,7 +362,7 @@ def test_pre_norm_adds_a_final_encoder_layer_norm():
     "arguments, message",
     [
         (dict(d_model=30, num_attention_heads=4), "divisible by num_attention_heads"),
-        (dict(num_labels=0), "num_labels must be >= 1"),
+        (dict(num_labels=0), "num_labels must be >= 2"),
         (dict(position_embedding_type="rotary"), "Unknown position_embedding_type"),
         (dict(backbone_config=resnet_backbone_config("resnet18"), dilation=True), "bottleneck ResNet"),
         (dict(frozen_backbone_stages=["stage9"]), "not backbone stages"),

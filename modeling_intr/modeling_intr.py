@@ -3,7 +3,9 @@
 INTR is DETR re-purposed for classification. A ResNet backbone and a DETR encoder turn the image into a feature map;
 the decoder gets one learned query per class, each query looks for its class in the image through cross-attention
 (with no position embedding on the keys), and one shared presence head Linear(d_model, 1) scores every query's output.
-The logit of class c therefore comes from query c alone, and query c's cross-attention weights (per head) explain it.
+The logit of class c is the presence head applied to slot c's decoder output alone, and query c's cross-attention
+weights (per head) explain it. (The slots exchange information only through decoder self-attention, from the second
+decoder layer on: the first one sees only the zero target.)
 
     pixel_values [b, 3, H, W] -> backbone (frozen BatchNorm) -> feature map [b, C, h, w] -> 1x1 input projection
     -> encoder (+ position embedding on self-attention queries and keys) -> memory [b, h*w, d]

@@ -73,7 +73,11 @@ class IntrConfig(PreTrainedConfig):
             does not depend on what it was batched with. `False` reproduces the reference, whose padded batch runs
             through the backbone as one tensor (the padding then leaks into features near the image's edge).
             Unpadded batches (fixed-size mode, batch of one) are identical either way.
-        num_labels (`int`): number of classes = number of class queries; set with `id2label` / `label2id`.
+        num_labels (`int`): number of classes = number of class queries, at least 2; set with `id2label` /
+            `label2id`. INTR is a classifier (one query per class, each scored by the presence head), so transformers'
+            `num_labels=1` regression convention does not apply: `problem_type` is single- or multi-label
+            classification.
+        attn_implementation (`str`, *optional*): `"sdpa"` (default) or `"eager"`, the only two INTR supports.
 
     Example:
     ```python
@@ -85,8 +89,10 @@ class IntrConfig(PreTrainedConfig):
 
     model_type = "intr"
     attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "encoder_layers"}
-    # Trainer: only `logits` is gathered at evaluation, not the feature maps.
-    keys_to_ignore_at_inference = ["encoder_last_hidden_state", "last_hidden_state", "feature_mask"]
+    # Trainer: only `logits` is gathered at evaluation, not the encoder output or the feature mask.
+    keys_to_ignore_at_inference = ["encoder_last_hidden_state", "feature_mask"]
+    supported_attention_implementations = ("eager", "sdpa")
+    supported_problem_types = ("single_label_classification", "multi_label_classification")
 
     backbone_config: dict | PreTrainedConfig | None = None
     dilation: bool = False
@@ -120,8 +126,16 @@ class IntrConfig(PreTrainedConfig):
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by num_attention_heads ({self.num_attention_heads})."
             )
-        if self.num_labels is None or self.num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1 (one query per class), got {self.num_labels}.")
+        if self.num_labels is None or self.num_labels < 2:
+            raise ValueError(
+                f"num_labels must be >= 2, got {self.num_labels}: INTR is a classifier (one query per class, each "
+                "scored by the presence head) and classification needs at least two classes."
+            )
+        if self.problem_type is not None and self.problem_type not in self.supported_problem_types:
+            raise ValueError(
+                f"problem_type {self.problem_type!r} is not supported: INTR is a classifier, use one of "
+                f"{list(self.supported_problem_types)}."
+            )
         if self.position_embedding_type not in ("sine", "learned"):
             raise ValueError(
                 f"Unknown position_embedding_type {self.position_embedding_type!r}: use 'sine' or 'learned'."
@@ -147,6 +161,27 @@ class IntrConfig(PreTrainedConfig):
                 "dilation (DC5) needs a bottleneck ResNet (ResNet-50/101), as in torchvision; "
                 "basic-block ResNets (ResNet-18/34) do not support it."
             )
+
+    @classmethod
+    def check_attention_implementation(cls, attn_implementation) -> None:
+        """ValueError unless `attn_implementation` is None (the default, sdpa) or one INTR supports."""
+        requested = attn_implementation.get("") if isinstance(attn_implementation, dict) else attn_implementation
+        if requested is not None and requested not in cls.supported_attention_implementations:
+            raise ValueError(
+                f"INTR does not support attn_implementation={requested!r}: use one of "
+                f"{list(cls.supported_attention_implementations)} (its padded-image attention mask is an additive "
+                "key mask that other kernels do not take)."
+            )
+
+    @property
+    def _attn_implementation(self):
+        return self._attn_implementation_internal
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value):
+        # checked here so `IntrConfig(attn_implementation=...)` and every later assignment refuse unsupported kernels
+        self.check_attention_implementation(value)
+        PreTrainedConfig._attn_implementation.fset(self, value)
 
 
 __all__ = ["IntrConfig", "resnet_backbone_config", "resnet_name"]

@@ -3,7 +3,9 @@
 INTR is DETR re-purposed for classification. A ResNet backbone and a DETR encoder turn the image into a feature map;
 the decoder gets one learned query per class, each query looks for its class in the image through cross-attention
 (with no position embedding on the keys), and one shared presence head Linear(d_model, 1) scores every query's output.
-The logit of class c therefore comes from query c alone, and query c's cross-attention weights (per head) explain it.
+The logit of class c is the presence head applied to slot c's decoder output alone, and query c's cross-attention
+weights (per head) explain it. (The slots exchange information only through decoder self-attention, from the second
+decoder layer on: the first one sees only the zero target.)
 
     pixel_values [b, 3, H, W] -> backbone (frozen BatchNorm) -> feature map [b, C, h, w] -> 1x1 input projection
     -> encoder (+ position embedding on self-attention queries and keys) -> memory [b, h*w, d]
@@ -23,9 +25,12 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithCrossAttentions
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_intr import IntrConfig
 
@@ -198,6 +203,7 @@ class IntrConvEncoder(nn.Module):
         return feature_map, feature_mask
 
 
+
 class IntrSinePositionEmbedding(nn.Module):
     """Sine position embedding, normalized over the real (unpadded) region, scale 2*pi, temperature 10000."""
 
@@ -208,6 +214,8 @@ class IntrSinePositionEmbedding(nn.Module):
         self.scale = scale
 
     def forward(self, feature_mask: torch.Tensor) -> torch.Tensor:
+        # Always float32, whatever the model's dtype, as the reference: its float64 outputs come from this float32
+        # table (a float64 table moves float64 logits by ~1e-6 from them; see test_sine_table_is_float32_as_reference).
         real = feature_mask.float()  # [b, h, w]
         y_embed = real.cumsum(1)
         x_embed = real.cumsum(2)
@@ -219,11 +227,15 @@ class IntrSinePositionEmbedding(nn.Module):
         pos_y = y_embed[..., None] / dim_t
         pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # [b, h*w, d]
+        return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # [b, h*w, d]: y half, then x half
 
 
 class IntrLearnedPositionEmbedding(nn.Module):
-    """Learned absolute position embedding: 50 row and 50 column vectors of size d_model / 2."""
+    """
+    Learned absolute position embedding: 50 row and 50 column vectors of size d_model / 2. Position (i, j) gets
+    `[column_embeddings[j], row_embeddings[i]]`: the x half before the y half, as the reference (the sine embedding
+    puts y first).
+    """
 
     max_size = 50
 
@@ -252,6 +264,17 @@ def _with_init(module: nn.Module, scheme: str) -> nn.Module:
     return module
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision types (softmax and loss are not accurate enough in them); any other dtype as is."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _additive_key_mask(feature_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[b, h, w] True = real -> additive attention mask [b, 1, 1, h*w]: 0 on real keys, dtype's minimum on padding."""
+    key_mask = feature_mask.flatten(1)[:, None, None, :]
+    return torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill(~key_mask, torch.finfo(dtype).min)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -262,11 +285,15 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain attention returning its weights; softmax in float32. query [b, heads, q, dh], key/value [b, heads, k, dh]."""
+    """
+    Plain attention returning its weights. query [b, heads, q, dh], key/value [b, heads, k, dh], attention_mask
+    additive [b, 1, 1, k]. The softmax runs in float32 for half-precision inputs and in the inputs' dtype otherwise
+    (float64 stays float64).
+    """
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [b, heads, q, k]
     if attention_mask is not None:
         scores = scores + attention_mask
-    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.softmax(scores, dim=-1, dtype=_accumulation_dtype(scores.dtype)).to(query.dtype)
     dropped = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(dropped, value).transpose(1, 2).contiguous()  # [b, q, heads, dh]
     return output, weights
@@ -275,8 +302,12 @@ def eager_attention_forward(
 class IntrAttention(nn.Module):
     """
     Multi-head attention with separate q/k/v/o projections, dispatched through transformers' attention interface.
-    The caller adds position embeddings to the query and key inputs. With `output_attentions=True` the eager path runs
-    so the exact weights come back; otherwise `config._attn_implementation` (e.g. `sdpa`) runs.
+
+    Self-attention (no `key_value_states`): queries and keys are `hidden_states + position_embeddings`, values
+    `hidden_states`. Cross-attention: queries are `hidden_states + position_embeddings`, keys and values
+    `key_value_states` (INTR adds no position embedding to the memory keys). When the attention weights are asked for
+    (`output_attentions=True`), the eager path runs whatever `config._attn_implementation` is, so the recorded weights
+    are exact.
     """
 
     def __init__(self, config: IntrConfig):
@@ -294,23 +325,23 @@ class IntrAttention(nn.Module):
 
     def forward(
         self,
-        query_input: torch.Tensor,
-        key_input: torch.Tensor,
-        value_input: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        key_value_states: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch_size, query_length, _ = query_input.shape
-        key_length = key_input.shape[1]
-        query = self.q_proj(query_input).view(batch_size, query_length, self.num_heads, -1).transpose(1, 2)
-        key = self.k_proj(key_input).view(batch_size, key_length, self.num_heads, -1).transpose(1, 2)
-        value = self.v_proj(value_input).view(batch_size, key_length, self.num_heads, -1).transpose(1, 2)
-        attention_mask = None
-        if key_mask is not None:  # [b, k] True = real -> additive [b, 1, 1, k]
-            attention_mask = torch.zeros(key_mask.shape, dtype=query.dtype, device=query.device)
-            attention_mask = attention_mask.masked_fill(~key_mask, torch.finfo(query.dtype).min)[:, None, None, :]
+        """hidden_states, position_embeddings [b, q, d]; key_value_states [b, k, d]; returns [b, q, d], weights."""
+        query_input = hidden_states + position_embeddings
+        key_input, value_input = (
+            (query_input, hidden_states) if key_value_states is None else (key_value_states, key_value_states)
+        )
+        query = self.q_proj(query_input).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        key = self.k_proj(key_input).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        value = self.v_proj(value_input).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
         attention_interface: Callable = eager_attention_forward
-        if not output_attentions and self.config._attn_implementation not in (None, "eager"):
+        if not kwargs.get("output_attentions") and self.config._attn_implementation != "eager":
             attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         output, weights = attention_interface(
             self,
@@ -320,9 +351,10 @@ class IntrAttention(nn.Module):
             attention_mask,
             scaling=self.scaling,
             dropout=self.attention_dropout if self.training else 0.0,
+            **kwargs,
         )
-        output = self.o_proj(output.reshape(batch_size, query_length, -1))  # [b, q, d]
-        return output, (weights if output_attentions else None)
+        output = self.o_proj(output.flatten(2))  # [b, q, d]
+        return output, weights
 
 
 class IntrMLP(nn.Module):
@@ -339,59 +371,100 @@ class IntrMLP(nn.Module):
         return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
 
 
-class IntrResidualLayer(GradientCheckpointingLayer):
-    """Shared residual wiring of encoder and decoder layers: post-norm (reference default) or pre-norm."""
+class IntrEncoderLayer(GradientCheckpointingLayer):
+    """
+    Self-attention (position embedding on queries and keys) and feed-forward, each a residual step with dropout.
+    Post-norm (the reference default) normalizes after each residual sum, pre-norm the input of each block.
+    """
 
     def __init__(self, config: IntrConfig):
         super().__init__()
         self.pre_norm = config.pre_norm
-        self.dropout = nn.Dropout(config.dropout)
-
-    def residual(self, hidden_states: torch.Tensor, norm: nn.LayerNorm, block: Callable) -> tuple[torch.Tensor, ...]:
-        """hidden + dropout(block(x)) with x = norm(hidden) before (pre-norm) or norm applied after (post-norm)."""
-        output, *extras = block(norm(hidden_states) if self.pre_norm else hidden_states)
-        hidden_states = hidden_states + self.dropout(output)
-        return (hidden_states if self.pre_norm else norm(hidden_states)), *extras
-
-
-class IntrEncoderLayer(IntrResidualLayer):
-    def __init__(self, config: IntrConfig):
-        super().__init__(config)
         self.self_attn = IntrAttention(config)
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.mlp = IntrMLP(config)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states, position_embeddings, key_mask, output_attentions=False):
-        def self_attention(x):  # position embedding on queries and keys, not values
-            return self.self_attn(x + position_embeddings, x + position_embeddings, x, key_mask, output_attentions)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        attention_mask: torch.Tensor,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        """hidden_states, position_embeddings [b, h*w, d]; attention_mask additive [b, 1, 1, h*w] -> [b, h*w, d]."""
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states, position_embeddings, attention_mask, **kwargs)
+        hidden_states = residual + self.dropout(hidden_states)
+        if not self.pre_norm:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
 
-        hidden_states, attentions = self.residual(hidden_states, self.self_attn_layer_norm, self_attention)
-        (hidden_states,) = self.residual(hidden_states, self.final_layer_norm, lambda x: (self.mlp(x),))
-        return hidden_states, attentions
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = residual + self.dropout(self.mlp(hidden_states))
+        if not self.pre_norm:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states
 
 
-class IntrDecoderLayer(IntrResidualLayer):
+class IntrDecoderLayer(GradientCheckpointingLayer):
+    """
+    Self-attention among the class slots and cross-attention to the encoder memory (class queries added to the
+    attention queries, and to the self-attention keys), then feed-forward; residual wiring as `IntrEncoderLayer`.
+    """
+
     def __init__(self, config: IntrConfig):
-        super().__init__(config)
+        super().__init__()
+        self.pre_norm = config.pre_norm
         self.self_attn = IntrAttention(config)
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.cross_attn = IntrAttention(config)
         self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.mlp = IntrMLP(config)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states, class_queries, memory, key_mask, output_attentions=False):
-        def self_attention(x):
-            return self.self_attn(x + class_queries, x + class_queries, x, None, output_attentions)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        class_queries: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        """
+        hidden_states, class_queries [b, num_labels, d]; encoder_hidden_states (memory) [b, h*w, d];
+        encoder_attention_mask additive [b, 1, 1, h*w] -> [b, num_labels, d].
+        """
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states, class_queries, **kwargs)
+        hidden_states = residual + self.dropout(hidden_states)
+        if not self.pre_norm:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
 
-        def cross_attention(x):  # INTR: no position embedding on the memory keys
-            return self.cross_attn(x + class_queries, memory, memory, key_mask, output_attentions)
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = self.cross_attn_layer_norm(hidden_states)
+        hidden_states, _ = self.cross_attn(
+            hidden_states, class_queries, encoder_attention_mask, key_value_states=encoder_hidden_states, **kwargs
+        )
+        hidden_states = residual + self.dropout(hidden_states)
+        if not self.pre_norm:
+            hidden_states = self.cross_attn_layer_norm(hidden_states)
 
-        hidden_states, self_attentions = self.residual(hidden_states, self.self_attn_layer_norm, self_attention)
-        hidden_states, cross_attentions = self.residual(hidden_states, self.cross_attn_layer_norm, cross_attention)
-        (hidden_states,) = self.residual(hidden_states, self.final_layer_norm, lambda x: (self.mlp(x),))
-        return hidden_states, self_attentions, cross_attentions
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = residual + self.dropout(self.mlp(hidden_states))
+        if not self.pre_norm:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states
 
 
 class IntrPreTrainedModel(PreTrainedModel):
@@ -403,7 +476,6 @@ class IntrPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["IntrConvEncoder", "IntrEncoderLayer", "IntrDecoderLayer"]
     _supports_sdpa = True
-    _supports_attention_backend = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained`; the folder's `auto_map` names both model classes of the bundle."""
@@ -414,23 +486,27 @@ class IntrPreTrainedModel(PreTrainedModel):
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, *args, **kwargs) -> str:
+        """Called by `from_pretrained` / `__init__`: only "eager" and "sdpa" (the default) are accepted."""
+        IntrConfig.check_attention_implementation(attn_implementation)
+        return attn_implementation or "sdpa"
+
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """
-        Switch the transformer's attention between `"eager"`, `"sdpa"` or any registered implementation. The
-        convolutional backbone has no attention (transformers' generic version would refuse `"sdpa"` for it).
+        Switch the transformer's attention between "eager" and "sdpa" (any other is a ValueError). The convolutional
+        backbone has no attention (transformers' generic version would refuse "sdpa" for it).
         """
-        if attn_implementation != "eager" and attn_implementation not in ALL_ATTENTION_FUNCTIONS:
-            raise ValueError(
-                f"Unknown attention implementation {attn_implementation!r}: use 'eager', 'sdpa' or one of "
-                f"{sorted(ALL_ATTENTION_FUNCTIONS.keys())}."
-            )
-        self.config._attn_implementation = attn_implementation
+        IntrConfig.check_attention_implementation(attn_implementation)
+        self.config._attn_implementation_internal = attn_implementation
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """
-        The reference initialisation (Xavier-uniform transformer matrices, PyTorch defaults elsewhere). transformers
-        initialises leaf modules one by one, so each leaf carries its scheme in `init_scheme` (see `_with_init`).
+        The reference initialisation: Xavier-uniform transformer matrices (q/k/v over the reference's packed
+        projection, zero bias), the presence head Xavier-uniform with zero bias, N(0, 1) class queries, U(0, 1)
+        learned position tables, PyTorch's defaults for the feed-forward biases and the input projection.
+        transformers initialises leaf modules one by one, so each leaf carries its scheme in `init_scheme` (see
+        `_with_init`).
         """
         scheme = getattr(module, "init_scheme", None)
         if scheme == "packed_qkv":
@@ -458,47 +534,68 @@ class IntrPreTrainedModel(PreTrainedModel):
             init.uniform_(module.bias, -bound, bound)
 
 
-class IntrEncoder(nn.Module):
+class IntrEncoder(IntrPreTrainedModel):
+    """The DETR encoder over the flattened feature map (pre-norm mode adds a final LayerNorm)."""
+
+    # hidden states: the encoder input and every layer's output (before the pre-norm final LayerNorm)
+    _can_record_outputs = {"hidden_states": IntrEncoderLayer, "attentions": IntrAttention}
+
     def __init__(self, config: IntrConfig):
-        super().__init__()
+        super().__init__(config)
         self.layers = nn.ModuleList([IntrEncoderLayer(config) for _ in range(config.encoder_layers)])
         self.layer_norm = nn.LayerNorm(config.d_model) if config.pre_norm else None
+        self.post_init()
 
-    def forward(self, hidden_states, position_embeddings, key_mask, output_attentions, output_hidden_states):
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        attention_mask: torch.Tensor,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """inputs_embeds (projected features), position_embeddings [b, h*w, d]; attention_mask additive [b, 1, 1, h*w]."""
+        hidden_states = inputs_embeds
         for layer in self.layers:
-            hidden_states, attentions = layer(hidden_states, position_embeddings, key_mask, output_attentions)
-            if output_attentions:
-                all_attentions += (attentions,)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+            hidden_states = layer(hidden_states, position_embeddings, attention_mask, **kwargs)
         if self.layer_norm is not None:
             hidden_states = self.layer_norm(hidden_states)
-        return BaseModelOutput(hidden_states, all_hidden_states, all_attentions)
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class IntrDecoder(nn.Module):
+class IntrDecoder(IntrPreTrainedModel):
+    """
+    The DETR decoder over one slot per class. Its target starts at zeros; the class queries are added to the
+    attention queries. Every layer's output goes through the shared final LayerNorm (the reference's intermediate
+    outputs): these are the recorded hidden states, and the last one is `last_hidden_state`.
+    """
+
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(nn.LayerNorm, layer_name="layer_norm", capture_initial_hidden_state=False),
+        "attentions": OutputRecorder(IntrAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(IntrAttention, index=1, layer_name="cross_attn"),
+    }
+
     def __init__(self, config: IntrConfig):
-        super().__init__()
+        super().__init__(config)
         self.layers = nn.ModuleList([IntrDecoderLayer(config) for _ in range(config.decoder_layers)])
         self.layer_norm = nn.LayerNorm(config.d_model)
+        self.post_init()
 
-    def forward(self, class_queries, memory, key_mask, output_attentions, output_hidden_states):
-        hidden_states = torch.zeros_like(class_queries)  # the decoder target starts at zeros
-        all_hidden_states = () if output_hidden_states else None
-        self_attentions = () if output_attentions else None
-        cross_attentions = () if output_attentions else None
+    @capture_outputs
+    def forward(
+        self,
+        class_queries: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithCrossAttentions:
+        """class_queries [b, num_labels, d]; encoder_hidden_states [b, h*w, d]; mask additive [b, 1, 1, h*w]."""
+        hidden_states = torch.zeros_like(class_queries)
         for layer in self.layers:
-            hidden_states, self_attention, cross_attention = layer(
-                hidden_states, class_queries, memory, key_mask, output_attentions
-            )
-            if output_attentions:
-                self_attentions += (self_attention,)
-                cross_attentions += (cross_attention,)
-            if output_hidden_states:
-                all_hidden_states += (self.layer_norm(hidden_states),)
-        return self.layer_norm(hidden_states), all_hidden_states, self_attentions, cross_attentions
+            hidden_states = layer(hidden_states, class_queries, encoder_hidden_states, encoder_attention_mask, **kwargs)
+            normalized_states = self.layer_norm(hidden_states)  # [b, num_labels, d], recorded as a hidden state
+        return BaseModelOutputWithCrossAttentions(last_hidden_state=normalized_states)
 
 
 class IntrModel(IntrPreTrainedModel):
@@ -517,53 +614,66 @@ class IntrModel(IntrPreTrainedModel):
         self.class_queries = _with_init(nn.Embedding(config.num_labels, config.d_model), "normal")
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         pixel_mask: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> IntrModelOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> IntrModelOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): normalized images.
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Normalized images, cast to the model's dtype (a bfloat16 model takes the processor's float32 tensors).
             pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
-                1 for real pixels, 0 for padding (as returned by `IntrImageProcessor`). Defaults to all ones.
+                1 for real pixels, 0 for padding (as returned by `IntrImageProcessor`). Defaults to all ones. Every
+                image needs at least one real pixel.
+            kwargs: `output_attentions`, `output_hidden_states` and the other `TransformersKwargs`, passed on to the
+                encoder and decoder.
         """
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be [batch, 3, height, width], got shape {tuple(pixel_values.shape)}.")
-        if pixel_mask is None:
-            pixel_mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], device=pixel_values.device)
-
+        pixel_values, pixel_mask = self._checked_inputs(pixel_values, pixel_mask)
         feature_map, feature_mask = self.backbone(pixel_values, pixel_mask)  # [b, C, h, w], [b, h, w]
         features = self.input_projection(feature_map).flatten(2).transpose(1, 2)  # [b, h*w, d]
         position_embeddings = self.position_embedding(feature_mask).to(features.dtype)  # [b, h*w, d]
-        key_mask = feature_mask.flatten(1)  # [b, h*w]
-        encoder_outputs = self.encoder(
-            features, position_embeddings, key_mask, output_attentions, output_hidden_states
-        )
+        attention_mask = _additive_key_mask(feature_mask, features.dtype)  # [b, 1, 1, h*w], for every attention
+        encoder_outputs = self.encoder(features, position_embeddings, attention_mask, **kwargs)
         class_queries = self.class_queries.weight[None].expand(features.shape[0], -1, -1)  # [b, num_labels, d]
-        decoder_state, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
-            class_queries, encoder_outputs.last_hidden_state, key_mask, output_attentions, output_hidden_states
-        )
-        output = IntrModelOutput(
-            last_hidden_state=decoder_state,
+        decoder_outputs = self.decoder(class_queries, encoder_outputs.last_hidden_state, attention_mask, **kwargs)
+        return IntrModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             feature_mask=feature_mask,
             encoder_hidden_states=encoder_outputs.hidden_states,
-            decoder_hidden_states=decoder_hidden_states,
+            decoder_hidden_states=decoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
-            decoder_attentions=decoder_attentions,
-            cross_attentions=cross_attentions,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
         )
-        return output if return_dict else output.to_tuple()
+
+    def _checked_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None):
+        """pixel_values in the model's dtype and a pixel mask; a clear ValueError for inputs the model cannot use."""
+        num_channels = self.config.backbone_config.num_channels
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
+            raise ValueError(
+                f"pixel_values must have shape [batch, {num_channels}, height, width], got {tuple(pixel_values.shape)}: "
+                "prepare images with IntrImageProcessor (it converts them to RGB and batches them)."
+            )
+        pixel_values = pixel_values.to(self.input_projection.weight.dtype)  # as ViT: a bf16 model takes float32 input
+        batch_size, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            return pixel_values, torch.ones(batch_size, height, width, dtype=torch.long, device=pixel_values.device)
+        if tuple(pixel_mask.shape) != (batch_size, height, width):
+            raise ValueError(
+                f"pixel_mask must have shape [batch, height, width] = {(batch_size, height, width)} to match "
+                f"pixel_values, got {tuple(pixel_mask.shape)}."
+            )
+        empty = (~pixel_mask.bool().flatten(1).any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"pixel_mask marks no real pixel for image(s) {empty} of the batch (index from 0): an all-padding "
+                "image cannot be classified. Pass a mask with 1 on each image's real pixels, as IntrImageProcessor does."
+            )
+        return pixel_values, pixel_mask
 
 
 class IntrForImageClassification(IntrPreTrainedModel):
@@ -572,34 +682,34 @@ class IntrForImageClassification(IntrPreTrainedModel):
     def __init__(self, config: IntrConfig):
         super().__init__(config)
         self.model = IntrModel(config)
+        # Xavier-uniform weight, zero bias (see _init_weights)
         self.presence_head = _with_init(nn.Linear(config.d_model, 1), "xavier_zero_bias")
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         pixel_mask: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> IntrImageClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> IntrImageClassifierOutput:
         r"""
         Args:
             pixel_values, pixel_mask: as in [`IntrModel.forward`].
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Class indices in `[0, num_labels)` for the cross-entropy loss (`problem_type` follows the transformers
-                conventions: regression for one label, multi-label with float targets of shape `(batch_size,
-                num_labels)`).
+                Class indices in `[0, num_labels)` for the cross-entropy loss; with
+                `problem_type="multi_label_classification"`, float targets of shape `(batch_size, num_labels)` for
+                the binary cross-entropy.
+            kwargs: as in [`IntrModel.forward`]; `num_items_in_batch` (passed by `Trainer`) makes the cross-entropy
+                a sum over the batch divided by it, so the loss is the same whatever the number of processes.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.model(
-            pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True
-        )
+        outputs = self.model(pixel_values, pixel_mask, **kwargs)
         logits = self.presence_head(outputs.last_hidden_state).squeeze(-1)  # [b, num_labels]
-        loss = self._loss(logits, labels) if labels is not None else None
-        output = IntrImageClassifierOutput(
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits.to(_accumulation_dtype(logits.dtype)), self.config, **kwargs)
+        return IntrImageClassifierOutput(
             loss=loss,
             logits=logits,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
@@ -610,23 +720,6 @@ class IntrForImageClassification(IntrPreTrainedModel):
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
         )
-        return output if return_dict else output.to_tuple()
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        labels = labels.to(logits.device)
-        problem_type = self.config.problem_type
-        if problem_type is None:
-            if self.config.num_labels == 1:
-                problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                problem_type = "single_label_classification"
-            else:
-                problem_type = "multi_label_classification"
-        if problem_type == "regression":
-            return nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
-        if problem_type == "single_label_classification":
-            return nn.functional.cross_entropy(logits.float(), labels.view(-1))
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.to(torch.float32))
 
 
 __all__ = ["IntrModel", "IntrForImageClassification", "IntrPreTrainedModel", "IntrModelOutput", "IntrImageClassifierOutput"]

@@ -405,11 +405,13 @@ def test_a_model_loaded_in_half_precision_takes_the_processors_float32_tensors(t
     inputs = IntrImageProcessor.from_pretrained(folder)(Image.open(DIGIT), return_tensors="pt")
     assert inputs["pixel_values"].dtype == torch.float32
     with torch.no_grad():
-        outputs = loaded(**inputs, output_attentions=True)
+        outputs = loaded(**inputs, output_attentions=True)  # eager, to return the weights
+        sdpa_logits = loaded(**inputs).logits
         full_precision = tiny_model()(**inputs).logits
-    assert outputs.logits.dtype == dtype and outputs.cross_attentions[-1].dtype == dtype
+    assert outputs.logits.dtype == sdpa_logits.dtype == outputs.cross_attentions[-1].dtype == dtype
     torch.testing.assert_close(outputs.cross_attentions[-1].float().sum(-1), torch.ones(1, 4, 5), atol=1e-2, rtol=0)
-    assert (outputs.logits.float() - full_precision).abs().max() < 0.05 * full_precision.abs().max() + 0.05
+    for logits in (outputs.logits, sdpa_logits):
+        assert (logits.float() - full_precision).abs().max() < 0.05 * full_precision.abs().max() + 0.05
 
 
 def test_image_classification_pipeline_runs_a_bfloat16_model(tmp_path):

@@ -560,7 +560,9 @@ class IntrDecoder(IntrPreTrainedModel):
     """
 
     _can_record_outputs = {
-        "hidden_states": OutputRecorder(nn.LayerNorm, layer_name="layer_norm", capture_initial_hidden_state=False),
+        "hidden_states": OutputRecorder(
+            nn.LayerNorm, layer_name="layer_norm", capture_initial_hidden_state=False, num_hidden_layers_key="decoder_layers"
+        ),
         "attentions": OutputRecorder(IntrAttention, index=1, layer_name="self_attn"),
         "cross_attentions": OutputRecorder(IntrAttention, index=1, layer_name="cross_attn"),
     }

@@ -271,7 +271,8 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def _additive_key_mask(feature_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[b, h, w] True = real -> additive attention mask [b, 1, 1, h*w]: 0 on real keys, dtype's minimum on padding."""
     key_mask = feature_mask.flatten(1)[:, None, None, :]
-    return torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill(~key_mask, torch.finfo(dtype).min)
+    additive_mask = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    return additive_mask.masked_fill(~key_mask, torch.finfo(dtype).min)
 
 
 def eager_attention_forward(
@@ -335,9 +336,10 @@ class IntrAttention(nn.Module):
         key_input, value_input = (
             (query_input, hidden_states) if key_value_states is None else (key_value_states, key_value_states)
         )
-        query = self.q_proj(query_input).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-        key = self.k_proj(key_input).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-        value = self.v_proj(value_input).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        heads = (self.num_heads, self.head_dim)
+        query = self.q_proj(query_input).unflatten(-1, heads).transpose(1, 2)  # [b, heads, q, dh]
+        key = self.k_proj(key_input).unflatten(-1, heads).transpose(1, 2)  # [b, heads, k, dh]
+        value = self.v_proj(value_input).unflatten(-1, heads).transpose(1, 2)  # [b, heads, k, dh]
 
         attention_interface: Callable = eager_attention_forward
         if not kwargs.get("output_attentions") and self.config._attn_implementation != "eager":
@@ -543,7 +545,7 @@ class IntrEncoder(IntrPreTrainedModel):
         attention_mask: torch.Tensor,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
-        """inputs_embeds (projected features), position_embeddings [b, h*w, d]; attention_mask additive [b, 1, 1, h*w]."""
+        """inputs_embeds (projected features), position_embeddings [b, h*w, d]; additive mask [b, 1, 1, h*w]."""
         hidden_states = inputs_embeds
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_embeddings, attention_mask, **kwargs)
@@ -561,7 +563,10 @@ class IntrDecoder(IntrPreTrainedModel):
 
     _can_record_outputs = {
         "hidden_states": OutputRecorder(
-            nn.LayerNorm, layer_name="layer_norm", capture_initial_hidden_state=False, num_hidden_layers_key="decoder_layers"
+            nn.LayerNorm,
+            layer_name="layer_norm",
+            capture_initial_hidden_state=False,
+            num_hidden_layers_key="decoder_layers",
         ),
         "attentions": OutputRecorder(IntrAttention, index=1, layer_name="self_attn"),
         "cross_attentions": OutputRecorder(IntrAttention, index=1, layer_name="cross_attn"),
@@ -646,8 +651,9 @@ class IntrModel(IntrPreTrainedModel):
         num_channels = self.config.backbone_config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
             raise ValueError(
-                f"pixel_values must have shape [batch, {num_channels}, height, width], got {tuple(pixel_values.shape)}: "
-                "prepare images with IntrImageProcessor (it converts them to RGB and batches them)."
+                f"pixel_values must have shape [batch, {num_channels}, height, width], got "
+                f"{tuple(pixel_values.shape)}: prepare images with IntrImageProcessor (it converts them to RGB and "
+                "batches them)."
             )
         pixel_values = pixel_values.to(self.input_projection.weight.dtype)  # as ViT: a bf16 model takes float32 input
         batch_size, _, height, width = pixel_values.shape
@@ -662,7 +668,8 @@ class IntrModel(IntrPreTrainedModel):
         if empty:
             raise ValueError(
                 f"pixel_mask marks no real pixel for image(s) {empty} of the batch (index from 0): an all-padding "
-                "image cannot be classified. Pass a mask with 1 on each image's real pixels, as IntrImageProcessor does."
+                "image cannot be classified. Pass a mask with 1 on each image's real pixels, as IntrImageProcessor "
+                "does."
             )
         return pixel_values, pixel_mask
 

@@ -12,7 +12,7 @@ from PIL import Image
 from modeling_intr.image_processing_intr import (
     IntrImageProcessor,
     attention_to_feature_map,
-    crop_to_feature_mask,
+    crop_to_mask,
     get_resize_output_size,
 )
 
@@ -261,7 +261,7 @@ def test_feature_map_helpers():
     feature_mask = torch.zeros(3, 4, dtype=torch.bool)
     feature_mask[:2, :3] = True
     maps = torch.arange(2 * 12.0).reshape(2, 3, 4)
-    assert torch.equal(crop_to_feature_mask(maps, feature_mask), maps[:, :2, :3])
+    assert torch.equal(crop_to_mask(maps, feature_mask), maps[:, :2, :3])
     assert torch.equal(attention_to_feature_map(maps.flatten(-2), feature_mask), maps[:, :2, :3])
 
 

@@ -148,7 +148,17 @@ def test_attention_rollout_matches_the_formula(head_fusion, discard_ratio):
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
 
 
-def test_gradient_rollout_pairs_each_layer_with_its_own_gradient():
+# Gradient rollout's head fusion, written from the two definitions (per layer, one image: heads x tokens x tokens).
+GRADIENT_FUSIONS_FROM_DEFINITION = {
+    # jacobgil/vit-explain: (attention * gradient).mean over heads, then negatives set to zero
+    "mean_then_clip": lambda weighted: np.maximum(weighted.mean(0), 0.0),
+    # Chefer et al.: negatives set to zero in every head, then the mean over heads
+    "clip_then_mean": lambda weighted: np.maximum(weighted, 0.0).mean(0),
+}
+
+
+@pytest.mark.parametrize("fusion", ["mean_then_clip", "clip_then_mean"])
+def test_gradient_rollout_pairs_each_layer_with_its_own_gradient(fusion):
     model = tiny_vit()
     with torch.no_grad():  # large logits -> large gradients, so the attention term is not swamped by the identity
         model.classifier.weight.mul_(1000)
@@ -157,15 +167,29 @@ def test_gradient_rollout_pairs_each_layer_with_its_own_gradient():
     outputs = model(pixel_values=pixel_values, output_attentions=True)
     attentions, logits = outputs.attentions, outputs.logits
     gradients = torch.autograd.grad(logits[[0, 1], class_ids].sum(), attentions)
+    fuse = GRADIENT_FUSIONS_FROM_DEFINITION[fusion]
 
     def weighted(pairs):
-        return [(a * g).clamp(min=0) for a, g in pairs]
+        return [a * g for a, g in pairs]
 
-    expected = rollout_from_formula(weighted(zip(attentions, gradients)), 1, FUSIONS["mean"], 0.2).view(2, 4, 4)
-    mirrored = rollout_from_formula(weighted(zip(attentions, gradients[::-1])), 1, FUSIONS["mean"], 0.2).view(2, 4, 4)
-    result = gradient_rollout(model, pixel_values, class_ids, discard_ratio=0.2)
+    expected = rollout_from_formula(weighted(zip(attentions, gradients)), 1, fuse, 0.2).view(2, 4, 4)
+    mirrored = rollout_from_formula(weighted(zip(attentions, gradients[::-1])), 1, fuse, 0.2).view(2, 4, 4)
+    arguments = {} if fusion == "mean_then_clip" else {"fusion": fusion}  # vit-explain's order is the default
+    result = gradient_rollout(model, pixel_values, class_ids, discard_ratio=0.2, **arguments)
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
     assert (result - mirrored).abs().max() > 1e-3  # the mirrored pairing of the common implementation differs
+
+
+def test_gradient_rollout_fusion_orders_differ_and_unknown_order_is_refused():
+    model = tiny_vit()
+    with torch.no_grad():
+        model.classifier.weight.mul_(1000)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    default = gradient_rollout(model, pixel_values, [2, 0])
+    chefer = gradient_rollout(model, pixel_values, [2, 0], fusion="clip_then_mean")
+    assert (default - chefer).abs().max() > 1e-3  # the test above pins each; here: the option changes the result
+    with pytest.raises(ValueError, match="mean_then_clip"):
+        gradient_rollout(model, pixel_values, [2, 0], fusion="clip")
 
 
 def test_rollouts_of_a_batch_equal_one_by_one():

@@ -152,6 +152,14 @@ def attention_to_feature_map(attention, feature_mask):
     return crop_to_mask(attention.reshape(*attention.shape[:-1], *feature_mask.shape), feature_mask)
 
 
+def at_least_float32(tensor):
+    """Half-precision (bfloat16, float16) and integer tensors as float32; float32 and float64 ones unchanged, so maps
+    of a float64 model keep their precision and those of a bfloat16 model come out as float32."""
+    if tensor.is_floating_point() and tensor.dtype.itemsize >= 4:
+        return tensor
+    return tensor.float()
+
+
 def resize_maps(maps, size):
     """
     Resize maps bilinearly (`align_corners=False`): attention maps to an image size, for overlays.
@@ -161,10 +169,10 @@ def resize_maps(maps, size):
         size (`tuple[int, int]`): target `(height, width)`.
 
     Returns:
-        `torch.Tensor` of shape `(..., size[0], size[1])`, float32.
+        `torch.Tensor` of shape `(..., size[0], size[1])`, float32 (float64 for float64 maps).
     """
     leading = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    flat = at_least_float32(maps.reshape(-1, 1, *maps.shape[-2:]))
     resized = F.interpolate(flat, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
     return resized.reshape(*leading, *resized.shape[-2:])
 
@@ -461,7 +469,8 @@ class IntrImageProcessor(PilBackend):
     def post_process_attention_maps(self, outputs, class_ids=None, target_sizes=None, layer=-1):
         """
         Per-head decoder cross-attention maps of the requested (or predicted) classes: where each head looked for
-        each class. Padding is cropped off; the maps are float32 whatever the model's dtype.
+        each class. Padding is cropped off; the maps are float32 for a float32, bfloat16 or float16 model (float64
+        for a float64 one).
 
         Args:
             outputs:
@@ -521,7 +530,7 @@ class IntrImageProcessor(PilBackend):
         results = []
         for index, requested in enumerate(class_ids):
             # (num_heads, num_labels, h*w) -> rows of the requested classes: (heads, h*w) or (classes, heads, h*w)
-            rows = attention[index].transpose(0, 1)[requested].float()
+            rows = at_least_float32(attention[index].transpose(0, 1)[requested])
             maps = attention_to_feature_map(rows, feature_mask[index])
             if target_sizes is not None:
                 maps = resize_maps(maps, [int(value) for value in target_sizes[index]])
@@ -532,6 +541,7 @@ class IntrImageProcessor(PilBackend):
 
 __all__ = [
     "IntrImageProcessor",
+    "at_least_float32",
     "attention_to_feature_map",
     "crop_padded_batch",
     "crop_to_mask",

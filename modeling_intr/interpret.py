@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .image_processing_intr import crop_padded_batch, resize_maps
+from .image_processing_intr import at_least_float32, crop_padded_batch, resize_maps
 
 
 def gaussian_blur(images, sigma):
@@ -128,13 +128,13 @@ def explain(model, processor, images, class_ids=None, top_q=5, layer=-1, top_k=5
             - `maps` (`dict[int, dict]`), for every requested and similar class: `label`, `score` (probability),
               `logit`, `heads` `(num_heads, h, w)` and `average` `(h, w)` over the real (unpadded) feature region,
               `heads_resized` `(num_heads, height, width)` and `average_resized` `(height, width)` at the original
-              image size.
+              image size: CPU tensors, float32 (float64 for a float64 model; a bfloat16 or float16 model works too).
     """
     rgb = processor.load_images(images)  # [3, H, W] uint8 each
     inputs = processor(rgb, input_data_format="channels_first", return_tensors="pt").to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)  # a bfloat16/float16-loaded model
     outputs = model(**inputs, output_attentions=True)
-    logits = outputs.logits.float().cpu()
+    logits = at_least_float32(outputs.logits).cpu()  # float32 maps and scores from a bfloat16 model
     num_labels, id2label = logits.shape[-1], model.config.id2label
 
     explained_per_image, requested_per_image, similar_per_image = [], [], []

@@ -348,13 +348,20 @@ def _masked_probabilities(model, image, fade, ranks, thresholds, class_id, batch
     probabilities = []
     for chunk in copies.split(batch_size):
         method, kind, step = chunk // (2 * num_steps), (chunk // num_steps) % 2, chunk % num_steps
-        removed = torch.stack([ranks[m] < thresholds[t] for m, t in zip(method, step)])  # (n, H * W) bool
-        removed = removed.view(-1, 1, *image.shape[-2:])  # (n, 1, H, W)
-        inserted = (kind == 1).view(-1, 1, 1, 1)
-        masked = torch.where(removed ^ inserted, fade, image)  # deletion: removed fade; insertion: the rest fades
-        logits = model(pixel_values=masked.to(model.device, dtype)).logits.float()
+        # built inside the call, so one chunk of copies is alive at a time
+        logits = model(pixel_values=_masked_copies(image, fade, ranks, thresholds, method, kind, step).to(
+            model.device, dtype)).logits.float()
         probabilities.append(logits.softmax(-1)[:, class_id].cpu())
     return torch.cat(probabilities).view(num_methods, 2, num_steps)
+
+
+def _masked_copies(image, fade, ranks, thresholds, method, kind, step):
+    """Copies `(n, 3, H, W)` of `image`: deletion (`kind` 0) fades the `thresholds[step]` most salient pixels of
+    `method`'s ranking to `fade`, insertion (`kind` 1) fades all the others."""
+    removed = torch.stack([ranks[m] < thresholds[t] for m, t in zip(method, step)])  # (n, H * W) bool
+    removed = removed.view(-1, 1, *image.shape[-2:])  # (n, 1, H, W)
+    inserted = (kind == 1).view(-1, 1, 1, 1)
+    return torch.where(removed ^ inserted, fade, image)
 
 
 def evaluate_explanations(

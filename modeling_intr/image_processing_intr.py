@@ -14,8 +14,6 @@ mode), the resize rule (`get_resize_output_size`), padding with a mask (`pad_ima
 back to their real region (`crop_to_mask`, `crop_padded_batch`), and resizing maps to an image (`resize_maps`).
 """
 
-import os
-
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
@@ -194,20 +192,25 @@ def load_image(source):
     """
     Open an image file (a path), an `http(s)://` URL or base64 image data as a PIL image (not yet converted).
 
-    Raises `ValueError` naming the file when a path does not exist, is empty or is not an image PIL can read.
+    Raises `ValueError` naming the file when a path does not exist, is a folder, is empty or is not an image PIL can
+    read.
     """
-    text = os.fspath(source)
+    text = source.__fspath__() if hasattr(source, "__fspath__") else source
     if text.startswith(("http://", "https://", "data:image/")):
         return load_remote_image(text)
-    if not os.path.isfile(text):
-        if not os.path.exists(text) and len(text) > 256 and not os.path.splitext(text)[1]:
-            try:  # transformers also accepts raw base64 image data
+    try:
+        with open(text, "rb") as file:
+            empty = not file.read(1)
+    except FileNotFoundError:
+        if len(text) > 256:  # not a path: transformers also accepts raw base64 image data
+            try:
                 return load_remote_image(text)
             except Exception:
                 pass
-        reason = "is a folder, not an image file" if os.path.isdir(text) else "does not exist"
-        raise ValueError(f"the file {text} {reason}; check the path.")
-    if os.path.getsize(text) == 0:
+        raise ValueError(f"the file {text} does not exist; check the path.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{text} is a folder, not an image file.") from None
+    if empty:
         raise ValueError(f"the file {text} is empty (0 bytes).")
     try:
         return PIL.Image.open(text)
@@ -336,7 +339,7 @@ def to_rgb_array(image, input_data_format=None, channels_first_by_default=False)
     """
     if image is None:
         raise ValueError("got None instead of an image; check that the image was loaded.")
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, str) or hasattr(image, "__fspath__"):  # a path, URL or base64 data
         image = load_image(image)
     if isinstance(image, PIL.Image.Image):
         return _pil_to_rgb(image)

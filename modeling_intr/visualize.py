@@ -15,6 +15,15 @@ from a `metadata.jsonl` (`file_name`, `bbox` = [x0, y0, x1, y1], x1/y1 exclusive
 averages the pointing game and the mass in the box over the images (and gives the accuracy when the true classes are
 known). `--faithfulness` adds deletion/insertion curves of every map and of a random map (`faithfulness.json`,
 `faithfulness.png`); `--no_pictures` writes the numbers only. Outputs: OUT/<model name>/<image name>/....
+Images are read and converted to RGB by the image processor's one rule (`to_rgb_array`), so the pixels explained
+are the pixels training saw; `--dtype bfloat16` loads the model in bfloat16 (maps still come out as float32).
+
+For each image it prints the prediction and the folder its files went to. Bad input (a missing model or image path,
+`--class_index`, `--layer` or `--heads` out of range) prints one `error: ...` line and exits with status 1. An image
+that cannot be read or explained (not an image, truncated, too thin to resize) is skipped with a warning and nothing
+of it is written; the others are finished, the skipped ones are listed at the end, and the exit status is 1.
+Without arguments it explains the sample image with the sample model of a repository checkout (`examples/`); an
+installed package without them says what to pass.
 """
 
 import argparse
@@ -592,7 +601,8 @@ def visualize_model(model_path, items, args, output_dir, many_models):
     summaries, skipped, coarse_maps, processed, class_ids = [], [], {}, [], []
     for item, explanation in explain_items(model, processor, kind, items, args, name):
         if isinstance(explanation, str):
-            tqdm.write(f"warning: skipped {item['path']}: {explanation}")
+            if len(items) > 1:  # a single image's failure is the final error line alone
+                tqdm.write(f"warning: skipped {item['path']}: {explanation}", file=sys.stderr)
             skipped.append(f"{item['path']}: {explanation}")
             continue
         folder = output_dir / name / item["name"]
@@ -669,6 +679,9 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"Wrote explanations to {output_dir}")
+    if len(skipped) == 1:
+        print(f"error: could not explain {skipped[0]}", file=sys.stderr)
+        raise SystemExit(1)
     if skipped:
         print(f"error: skipped {len(skipped)} image(s) that could not be explained:", file=sys.stderr)
         for line in skipped:

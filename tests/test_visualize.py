@@ -285,8 +285,8 @@ def run_main(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 1
-    # what the command printed to stderr, without transformers' "Loading weights" progress bar
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    # what the command printed to stderr, without progress bars (loading weights, images)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
     return "\n".join(lines) + "\n"
 
 
@@ -304,6 +304,15 @@ def test_bad_input_is_one_error_line(workspace, tmp_path, capsys, problem):
     assert not (tmp_path / "out" / "intr").exists()
 
 
+def test_a_single_non_image_file_is_one_error_line(workspace, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    error = run_main([str(tmp_path / "notes.png"), "--model", str(workspace / "intr"), "--output_dir",
+                      str(tmp_path / "out")], capsys)
+    assert error.strip().splitlines() == [f"error: could not explain {tmp_path / 'notes.png'}: the file "
+                                          f"{tmp_path / 'notes.png'} is not an image file PIL can read."]
+    assert not (tmp_path / "out" / "intr" / "notes").exists()
+
+
 def test_unreadable_images_are_skipped_listed_and_fail_the_run_at_the_end(workspace, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -319,7 +328,7 @@ def test_unreadable_images_are_skipped_listed_and_fail_the_run_at_the_end(worksp
     error = run_main([str(folder), "--model", str(processor_dir), "--output_dir", str(tmp_path / "out"),
                       "--top_q", "0", "--batch_size", "4"], capsys)
     assert sorted(p.name for p in (tmp_path / "out" / "intr").iterdir()) == ["a", "c"]  # nothing of the bad ones
-    assert "skipped 2 image(s)" in error
+    assert "skipped 2 image(s)" in error and error.count("warning: skipped") == 2
     assert "b.png: the file" in error and "not an image" in error
     assert "d.png: the image is 1x3000 pixels" in error
     assert "Traceback" not in error

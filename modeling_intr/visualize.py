@@ -333,7 +333,9 @@ def load_model(model_path, dtype=None):
     local = Path(text).expanduser()
     looks_local = local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
     if looks_local and not local.is_dir():
-        raise VisualizeError(f"model folder {text} does not exist; pass a folder written by save_pretrained or a Hub id.")
+        raise VisualizeError(
+            f"model folder {text} does not exist; pass a folder written by save_pretrained or a Hub id."
+        )
     try:
         model = AutoModelForImageClassification.from_pretrained(text, attn_implementation="eager", dtype=dtype)
         processor = AutoImageProcessor.from_pretrained(text)
@@ -428,7 +430,8 @@ def _draw_pictures(folder, explanation, kind, box, args):
     for entry in shown:
         picture = draw_single_map(overlays[entry["name"]], entry["map"], f"{title}\n{entry['name']}")
         save_picture(picture, folder / f"{entry['file']}.png")
-    save_picture(draw_maps_panel(image, overlays, title), folder / ("heads_panel.png" if kind == "intr" else "panel.png"))
+    panel_name = "heads_panel.png" if kind == "intr" else "panel.png"
+    save_picture(draw_maps_panel(image, overlays, title), folder / panel_name)
     if kind == "intr" and explanation["top_q"]:
         rows = {
             f"{m['label']} ({m['score']:.2f})": {
@@ -652,7 +655,9 @@ def run(args):
     faithfulness, localization, accuracy, skipped = {}, {}, {}, []
     model_paths = args.model or [DEFAULT_MODEL]
     for model_path in model_paths:
-        summaries, evaluation, model_skipped = visualize_model(model_path, items, args, output_dir, len(model_paths) > 1)
+        summaries, evaluation, model_skipped = visualize_model(
+            model_path, items, args, output_dir, len(model_paths) > 1
+        )
         skipped += [line for line in model_skipped if line not in skipped]
         name = Path(str(model_path).rstrip("/")).name
         localization.update(_average_localization(summaries, f"{name}: " if len(model_paths) > 1 else "")

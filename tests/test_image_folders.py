@@ -66,7 +66,8 @@ def test_images_too_thin_to_resize_are_skipped_by_name_and_counted(tmp_path):
         "b/notes.txt": lambda p: p.write_text("not an image"),
     })
     data = load_image_splits(str(root), "digits", ["train", "validation"])
-    assert [line.split(":")[0] for line in data.skipped["train"]] == ["train/b/notes.txt", f"{root.resolve()}/digits/train/a/strip.png"]
+    skipped_files = [line.split(":")[0] for line in data.skipped["train"]]
+    assert skipped_files == ["train/b/notes.txt", f"{root.resolve()}/digits/train/a/strip.png"]
     assert "the image is 1x3000 pixels" in data.skipped["train"][1]
     assert data.counts() == {"train": {"kept": 2, "skipped": 2}, "validation": {"kept": 2, "skipped": 0}}
     assert data.kept == {"train": len(data.splits["train"]), "validation": len(data.splits["validation"])}

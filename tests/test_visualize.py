@@ -181,7 +181,8 @@ def test_visualize_and_training_see_identical_pixels_for_a_16_bit_image(tmp_path
     (item,) = collect_images(build_parser().parse_args([str(path)]))
     seen_by_visualize = read_image(item)
     assert seen_by_visualize.dtype == np.uint8
-    np.testing.assert_array_equal(seen_by_visualize[..., 0], np.round(gray / 257).astype(np.uint8))  # scaled, not clipped
+    scaled = np.round(gray / 257).astype(np.uint8)  # 16-bit scaled to 8 bits, not clipped at 255
+    np.testing.assert_array_equal(seen_by_visualize[..., 0], scaled)
 
     processor = IntrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
     decoded = datasets.Image().decode_example({"path": str(path), "bytes": None})  # as the training dataset decodes it

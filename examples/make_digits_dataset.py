@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from modeling_intr.image_folders import is_image_file, list_classes
+
 
 def render_digit(digit: np.ndarray, canvas_size: int, digit_size: int, rng: np.random.Generator):
     """
@@ -79,16 +81,17 @@ def make_digits_dataset(
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="folder that receives digits/{train,val}")
-    parser.add_argument("--canvas_size", type=int, default=128)
-    parser.add_argument("--min_digit_size", type=int, default=48)
-    parser.add_argument("--max_digit_size", type=int, default=96)
-    parser.add_argument("--val_fraction", type=float, default=0.2)
+    parser.add_argument("--canvas_size", type=int, default=128, help="side of the square canvas, pixels")
+    parser.add_argument("--min_digit_size", type=int, default=48, help="smallest side of a pasted digit, pixels")
+    parser.add_argument("--max_digit_size", type=int, default=96, help="largest side of a pasted digit, pixels")
+    parser.add_argument("--val_fraction", type=float, default=0.2, help="share of each class in the val split")
     parser.add_argument("--max_per_class", type=int, default=None, help="use at most this many digits per class")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     args = parser.parse_args(argv)
     root = make_digits_dataset(**vars(args))
     for split in ("train", "val"):
-        print(f"{split}: {sum(1 for _ in (root / split).glob('*/*.png'))} images in {root / split}")
+        count = sum(is_image_file(path) for name in list_classes(root / split) for path in (root / split / name).iterdir())
+        print(f"{split}: {count} images in {root / split}")
 
 
 if __name__ == "__main__":

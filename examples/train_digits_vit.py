@@ -15,17 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-from modeling_intr.image_folders import list_classes
+from modeling_intr.image_folders import is_image_file, list_classes
+from modeling_intr.image_processing_intr import to_rgb_array
 
 
 def load_split(folder, processor):
-    """All images of `folder/<class>/*.png` as processed pixel values `[n, 3, 128, 128]` and labels `[n]`."""
+    """All images of `folder/<class>/*` as processed pixel values `[n, 3, 128, 128]` and labels `[n]`; images are
+    converted to RGB by INTR's processor rule, so both models see the same pixels."""
     classes = list_classes(folder)
-    paths = [(path, label) for label, name in enumerate(classes) for path in sorted((folder / name).glob("*.png"))]
-    images = [Image.open(path).convert("RGB") for path, _ in paths]
+    paths = [(path, label) for label, name in enumerate(classes)
+             for path in sorted((folder / name).iterdir()) if is_image_file(path)]
+    images = [to_rgb_array(path) for path, _ in paths]
     pixel_values = processor(images, return_tensors="pt")["pixel_values"]
     return pixel_values, torch.tensor([label for _, label in paths]), classes
 
@@ -45,13 +47,13 @@ def accuracy(model, pixel_values, labels, batch_size=256):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_path", required=True, help="ROOT with ROOT/digits/{train,val}/<class>/*.png")
-    parser.add_argument("--output_dir", default="examples/vit-digits")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--dataset_path", required=True, help="ROOT with ROOT/digits/{train,val}/<class>/<image>")
+    parser.add_argument("--output_dir", default="examples/vit-digits", help="where the model and processor go")
+    parser.add_argument("--epochs", type=int, default=40, help="passes over the training images")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per optimizer step")
+    parser.add_argument("--learning_rate", type=float, default=5e-4, help="peak of the one-cycle schedule")
     parser.add_argument("--max_shift", type=int, default=24, help="random translation (pixels, wrapping around)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialization, order and shifts")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)

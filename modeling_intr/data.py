@@ -10,6 +10,9 @@ Everything here is a plain function or a small callable, so it can be tested wit
 - `TrainAugmentation`: random horizontal flip, then either a random multi-scale resize or resize + random crop +
   multi-scale resize (the reference's `make_coco_transforms("train")`), or a square resize (`fixed_size`).
 - `ImageTransform` / `collate_images`: images to normalized tensors, batches padded bottom/right with a `pixel_mask`.
+
+Image decoding, mode conversion, the resize rule and padding are the image processor's (`image_processing_intr`);
+class folders, image extensions and dataset columns are `image_folders`'; nothing here re-implements them.
 """
 
 import random
@@ -24,7 +27,7 @@ import PIL.Image
 import torch
 
 from .image_folders import METADATA_FILENAMES, image_column, is_image_file, label_column, list_classes
-from .image_processing_intr import _pil_to_rgb, get_resize_output_size
+from .image_processing_intr import get_resize_output_size, load_image, pad_images, to_rgb_array
 
 # Folder name in the reference layout -> split name given by `datasets`' imagefolder loader.
 FOLDER_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -94,50 +97,57 @@ def check_image_folder(root: str | Path, required_splits: Sequence[str] = ("trai
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """
-    Any PIL image (L, LA, P, RGBA, CMYK, 1, 16-bit I;16 / I, ...) as 8-bit RGB, converted exactly as
-    `IntrImageProcessor` does at inference (16-bit data scaled by its range, alpha dropped). Raises `ValueError` for
-    an image that cannot be decoded (truncated or corrupt).
+    Any PIL image as 8-bit RGB by the processor's one rule (`to_rgb_array`: EXIF orientation applied, 16-bit data
+    scaled by its range, alpha dropped, ...), so training sees the pixels inference sees. Raises `ValueError` for an
+    image that cannot be decoded (truncated or corrupt).
     """
-    if image.mode == "RGB":
-        return image
-    return PIL.Image.fromarray(_pil_to_rgb(image))
+    return PIL.Image.fromarray(to_rgb_array(image))
 
 
 def open_image(source: dict | str | Path) -> PIL.Image.Image:
     """
     Open and fully decode an image given as a path or as a `datasets` image dict (`{"path", "bytes"}`), returning it
-    in RGB. Raises `ValueError` with the reason for an empty, non-image, truncated or corrupt file.
+    in RGB. Raises `ValueError` with the reason for a missing, empty, non-image, truncated or corrupt file.
     """
-    if isinstance(source, dict):
-        data, path = source.get("bytes"), source.get("path")
+    if isinstance(source, dict) and source.get("bytes") is not None:
+        try:
+            image = PIL.Image.open(BytesIO(source["bytes"]))
+        except PIL.UnidentifiedImageError:
+            raise ValueError("not an image file PIL can read") from None
     else:
-        data, path = None, source
-    if data is None and Path(path).stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    try:
-        image = PIL.Image.open(BytesIO(data) if data is not None else path)
-        image.load()
-    except PIL.UnidentifiedImageError:
-        raise ValueError("not an image file PIL can read") from None
-    except OSError as error:
-        raise ValueError(f"truncated or corrupt image ({error})") from None
+        image = load_image(source["path"] if isinstance(source, dict) else source)
     return to_rgb(image)
+
+
+def check_image_size(image: PIL.Image.Image, image_processor=None) -> None:
+    """
+    Raise `ValueError` for an image whose size the resize rules cannot handle (a side of 0 pixels after resizing,
+    e.g. a 1 x 3000 strip): the training augmentation's (shorter side >= 480, longer side <= 1333) and, when given,
+    the image processor's `shortest_edge` / `longest_edge` rule.
+    """
+    get_resize_output_size((image.height, image.width), min(REFERENCE_SCALES), REFERENCE_MAX_SIZE)
+    size = getattr(image_processor, "size", None) or {}
+    if size.get("shortest_edge"):
+        get_resize_output_size((image.height, image.width), size["shortest_edge"], size.get("longest_edge"))
 
 
 def _image_name(source: dict, index: int) -> str:
     return source.get("path") or f"<image {index} (bytes)>"
 
 
-def find_unreadable_images(dataset: datasets.Dataset, image_column: str) -> tuple[list[int], list[str]]:
+def find_unreadable_images(
+    dataset: datasets.Dataset, image_column: str, image_processor=None
+) -> tuple[list[int], list[str]]:
     """
-    Decode every image of `dataset` once (as training would) and return the indices of the readable ones and a
-    `"name: reason"` line for every other one.
+    Decode every image of `dataset` once (as training would) and check its size (`check_image_size`); return the
+    indices of the usable ones and a `"name: reason"` line for every other one.
     """
     sources = dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]
     readable, unreadable = [], []
     for index, source in enumerate(sources):
         try:
-            open_image(source).close()
+            with open_image(source) as image:
+                check_image_size(image, image_processor)
         except (ValueError, OSError, PIL.Image.DecompressionBombError) as error:
             unreadable.append(f"{_image_name(source, index)}: {error}")
         else:
@@ -147,11 +157,25 @@ def find_unreadable_images(dataset: datasets.Dataset, image_column: str) -> tupl
 
 @dataclass
 class ImageSplits:
-    """Loaded splits (`image` and `label` columns, plus any metadata), the class names, and what was skipped."""
+    """
+    Loaded splits (`image` and `label` columns, plus any metadata), the class names, and per split what was kept
+    and what was skipped:
+
+    - `kept[split]`: number of images kept (the length of `splits[split]`: the images trained / evaluated on);
+    - `skipped[split]`: one `"file: reason"` line per file left out (unreadable, not an image, too thin to resize,
+      not listed in a metadata file).
+
+    `counts()` gives both numbers per split, e.g. for `eval_results.json`.
+    """
 
     splits: dict[str, datasets.Dataset]
     classes: list[str]
     skipped: dict[str, list[str]]
+    kept: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """`{split: {"kept": n, "skipped": m}}` for every loaded split."""
+        return {split: {"kept": self.kept[split], "skipped": len(self.skipped[split])} for split in self.splits}
 
 
 def load_image_splits(
@@ -160,6 +184,7 @@ def load_image_splits(
     splits: Sequence[str],
     strict_images: bool = False,
     cache_dir: str | None = None,
+    image_processor=None,
 ) -> ImageSplits:
     """
     Load `splits` (`datasets` split names: "train", "validation", "test") of the reference layout
@@ -170,7 +195,9 @@ def load_image_splits(
     `metadata.jsonl` is present, whose fields become extra columns). A Hub dataset needs an `Image` and a `ClassLabel`
     column. Returned datasets have the columns `image` and `label`. Unreadable images (and, for a folder, files that
     are not images, or images that a `metadata.jsonl` does not list, which the loader leaves out) are dropped and
-    listed in `skipped` per split; with `strict_images` they raise `DataError`.
+    listed in `skipped` per split; with `strict_images` they raise `DataError`. So are images too thin for the resize
+    rules (`check_image_size`, with `image_processor`'s rule when given). A class whose every image in a split was
+    skipped raises `DataError` naming it.
     """
     if dataset_path is not None:
         root = (Path(dataset_path) / dataset_name).resolve()
@@ -206,7 +233,7 @@ def load_image_splits(
             classes = split_classes
             dataset = dataset.rename_columns({name: new for name, new in ((image_name, "image"),
                                               (label_name, "label")) if name != new})
-        readable, unreadable = find_unreadable_images(dataset, "image")
+        readable, unreadable = find_unreadable_images(dataset, "image", image_processor)
         skipped[split] += unreadable
         if skipped[split] and strict_images:
             raise DataError(f"{len(skipped[split])} unreadable file(s) in split {split!r} (--strict_images): "
@@ -214,7 +241,15 @@ def load_image_splits(
         if not readable:
             raise DataError(f"Split {split!r} of {dataset_name!r} has no readable image.")
         result[split] = dataset.select(readable) if unreadable else dataset
-    return ImageSplits(splits=result, classes=list(classes), skipped=skipped)
+        # a class whose every image was skipped would silently train / evaluate with none of it
+        emptied = sorted(set(dataset["label"]) - set(result[split]["label"]))
+        if emptied:
+            raise DataError(
+                f"Class(es) {[classes[label] for label in emptied]} have no usable image in split {split!r}: every "
+                "one of their images was skipped (see above); fix or replace those images, or remove the class."
+            )
+    kept = {split: len(dataset) for split, dataset in result.items()}
+    return ImageSplits(splits=result, classes=list(classes), skipped=skipped, kept=kept)
 
 
 def _labels_from_folders(
@@ -327,23 +362,9 @@ class ImageTransform:
                 "labels": batch["label"]}
 
 
-def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Pad `[3, h, w]` images bottom/right with zeros to the largest height and width: returns `pixel_values`
-    `[b, 3, H, W]` and `pixel_mask` `[b, H, W]` (long, 1 on real pixels), as `IntrImageProcessor` pads.
-    """
-    height = max(image.shape[-2] for image in images)
-    width = max(image.shape[-1] for image in images)
-    pixel_values = images[0].new_zeros((len(images), images[0].shape[0], height, width))
-    pixel_mask = torch.zeros((len(images), height, width), dtype=torch.long)
-    for index, image in enumerate(images):
-        pixel_values[index, :, : image.shape[-2], : image.shape[-1]] = image
-        pixel_mask[index, : image.shape[-2], : image.shape[-1]] = 1
-    return pixel_values, pixel_mask
-
-
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """`Trainer` data collator: `ImageTransform` outputs -> padded `pixel_values`, `pixel_mask` and `labels`."""
+    """`Trainer` data collator: `ImageTransform` outputs -> `pixel_values` padded bottom/right with a `pixel_mask`
+    (the processor's `pad_images`) and `labels`."""
     pixel_values, pixel_mask = pad_images([example["pixel_values"] for example in examples])
     labels = torch.tensor([example["labels"] for example in examples], dtype=torch.long)
     return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "labels": labels}
@@ -356,6 +377,7 @@ __all__ = [
     "ImageTransform",
     "TrainAugmentation",
     "check_image_folder",
+    "check_image_size",
     "collate_images",
     "find_unreadable_images",
     "load_image_splits",

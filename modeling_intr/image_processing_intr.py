@@ -6,11 +6,17 @@ reference size rule, including its rounding), scale to [0, 1], normalize with th
 batch bottom/right with zeros, returning a `pixel_mask` marking the real pixels.
 
 `IntrImageProcessor.post_process_attention_maps` turns the model's decoder cross-attentions into per-head attention
-maps of the predicted (or requested) class, the explanation INTR is built for.
+maps of the predicted (or requested) classes, the explanation INTR is built for.
+
+This module owns every piece of image handling the project needs, so training, `explain()`, the visualize command and
+the examples agree pixel for pixel: loading (`load_image`), conversion to 8-bit RGB (`to_rgb_array`, one rule per
+mode), the resize rule (`get_resize_output_size`), padding with a mask (`pad_images`), cropping padded images or maps
+back to their real region (`crop_to_mask`, `crop_padded_batch`), and resizing maps to an image (`resize_maps`).
 """
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 
@@ -23,9 +29,11 @@ from transformers.image_utils import (
     PILImageResampling,
     SizeDict,
 )
+from transformers.image_utils import load_image as load_remote_image
 
 
 _VALID_CHANNELS = (1, 3, 4)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def get_resize_output_size(image_size, shortest_edge, longest_edge=None):
@@ -41,11 +49,20 @@ def get_resize_output_size(image_size, shortest_edge, longest_edge=None):
         image_size (`tuple[int, int]`): `(height, width)` of the input image.
         shortest_edge (`int`): target length of the shorter side.
         longest_edge (`int`, *optional*): bound on the longer side.
+
+    Raises:
+        `ValueError` for an image so thin (e.g. 1 x 3000 pixels) that the rule gives it a side of 0 pixels.
     """
     height, width = image_size
     short, long = min(height, width), max(height, width)
     if longest_edge is not None and long / short * shortest_edge > longest_edge:
         shortest_edge = int(round(longest_edge * short / long))
+    if shortest_edge < 1:
+        raise ValueError(
+            f"the image is {height}x{width} pixels (height x width): resizing it so that its longer side is at most "
+            f"{longest_edge} pixels would leave its shorter side 0 pixels; crop or pad it to an aspect ratio under "
+            f"{2 * longest_edge}:1."
+        )
     if short == shortest_edge:
         return height, width
     if width < height:
@@ -53,23 +70,70 @@ def get_resize_output_size(image_size, shortest_edge, longest_edge=None):
     return shortest_edge, int(shortest_edge * width / height)
 
 
-def crop_to_feature_mask(maps, feature_mask):
+def crop_to_mask(values, mask):
     """
-    Crop maps over a padded feature grid to the real (unpadded) region.
-
-    Padding is at the bottom/right, so the real region is the first `feature_mask[:, 0].sum()` rows and the first
-    `feature_mask[0].sum()` columns.
+    Crop maps or images over a padded grid to the real (unpadded) region. Padding is at the bottom/right, so the
+    real region is the first `mask[:, 0].sum()` rows and the first `mask[0].sum()` columns.
 
     Args:
-        maps (`torch.Tensor` of shape `(..., height, width)`): maps over the padded feature grid.
-        feature_mask (`torch.BoolTensor` of shape `(height, width)`): `True` at real feature positions.
+        values (`torch.Tensor` of shape `(..., height, width)`): maps or an image over the padded grid.
+        mask (`torch.Tensor` of shape `(height, width)`): nonzero / `True` at real positions (a `pixel_mask` or the
+            model's `feature_mask`).
 
     Returns:
-        `torch.Tensor` of shape `(..., real_height, real_width)`.
+        `torch.Tensor` of shape `(..., real_height, real_width)` (a view).
     """
-    real_height = int(feature_mask[:, 0].sum())
-    real_width = int(feature_mask[0].sum())
-    return maps[..., :real_height, :real_width]
+    real_height = int((mask[:, 0] != 0).sum())
+    real_width = int((mask[0] != 0).sum())
+    return values[..., :real_height, :real_width]
+
+
+def crop_padded_batch(pixel_values, pixel_mask=None):
+    """
+    Each image of a padded batch cropped back to its real region (what the processor's padding added is removed).
+
+    Args:
+        pixel_values (`torch.Tensor` of shape `(batch_size, 3, height, width)`, or a list of `(3, h, w)` tensors).
+        pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*): 1 on real pixels; None: the
+            images are not padded.
+
+    Returns:
+        `list[torch.Tensor]` of shape `(3, h, w)`, float32 on the CPU.
+    """
+    images = [image.float().cpu() for image in pixel_values]
+    if pixel_mask is None:
+        return images
+    return [crop_to_mask(image, mask) for image, mask in zip(images, pixel_mask)]
+
+
+def pad_images(images, pad_size=None):
+    """
+    Pad images bottom/right with zeros to the largest height and width (or to `pad_size`) and mark the real pixels.
+
+    Args:
+        images (`list` of `torch.Tensor` or `np.ndarray` of shape `(channels, h, w)`): the images.
+        pad_size (`tuple[int, int]`, *optional*): `(height, width)` to pad to instead of the largest image.
+
+    Returns:
+        `(pixel_values, pixel_mask)`: `(batch_size, channels, height, width)` of the images' dtype and
+        `(batch_size, height, width)` int64, 1 on real pixels; torch tensors for tensor inputs, NumPy arrays otherwise.
+    """
+    if pad_size is None:
+        pad_size = (max(image.shape[-2] for image in images), max(image.shape[-1] for image in images))
+    height, width = pad_size
+    too_large = [tuple(image.shape[-2:]) for image in images if image.shape[-2] > height or image.shape[-1] > width]
+    if too_large:
+        raise ValueError(f"cannot pad images of size {too_large} to the smaller pad size {height}x{width}.")
+    if isinstance(images[0], torch.Tensor):
+        pixel_values = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+        pixel_mask = torch.zeros((len(images), height, width), dtype=torch.long)
+    else:
+        pixel_values = np.zeros((len(images), images[0].shape[0], height, width), dtype=images[0].dtype)
+        pixel_mask = np.zeros((len(images), height, width), dtype=np.int64)
+    for index, image in enumerate(images):
+        pixel_values[index, :, : image.shape[-2], : image.shape[-1]] = image
+        pixel_mask[index, : image.shape[-2], : image.shape[-1]] = 1
+    return pixel_values, pixel_mask
 
 
 def attention_to_feature_map(attention, feature_mask):
@@ -83,7 +147,15 @@ def attention_to_feature_map(attention, feature_mask):
     Returns:
         `torch.Tensor` of shape `(..., real_height, real_width)`.
     """
-    return crop_to_feature_mask(attention.reshape(*attention.shape[:-1], *feature_mask.shape), feature_mask)
+    return crop_to_mask(attention.reshape(*attention.shape[:-1], *feature_mask.shape), feature_mask)
+
+
+def at_least_float32(tensor):
+    """Half-precision (bfloat16, float16) and integer tensors as float32; float32 and float64 ones unchanged, so maps
+    of a float64 model keep their precision and those of a bfloat16 model come out as float32."""
+    if tensor.is_floating_point() and tensor.dtype.itemsize >= 4:
+        return tensor
+    return tensor.float()
 
 
 def resize_maps(maps, size):
@@ -95,15 +167,15 @@ def resize_maps(maps, size):
         size (`tuple[int, int]`): target `(height, width)`.
 
     Returns:
-        `torch.Tensor` of shape `(..., size[0], size[1])`, float32.
+        `torch.Tensor` of shape `(..., size[0], size[1])`, float32 (float64 for float64 maps).
     """
     leading = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    flat = at_least_float32(maps.reshape(-1, 1, *maps.shape[-2:]))
     resized = F.interpolate(flat, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
     return resized.reshape(*leading, *resized.shape[-2:])
 
 
-def _flatten_images(images):
+def flatten_images(images):
     """A single image, a list/tuple of images, or a 4D array/tensor batch -> list of images."""
     if isinstance(images, (list, tuple)):
         images = list(images)
@@ -116,26 +188,78 @@ def _flatten_images(images):
     return images
 
 
+def load_image(source):
+    """
+    Open an image file (a path), an `http(s)://` URL or base64 image data as a PIL image (not yet converted).
+
+    Raises `ValueError` naming the file when a path does not exist, is a folder, is empty or is not an image PIL can
+    read.
+    """
+    text = source.__fspath__() if hasattr(source, "__fspath__") else source
+    if text.startswith(("http://", "https://", "data:image/")):
+        return load_remote_image(text)
+    try:
+        with open(text, "rb") as file:
+            empty = not file.read(1)
+    except FileNotFoundError:
+        if len(text) > 256:  # not a path: transformers also accepts raw base64 image data
+            try:
+                return load_remote_image(text)
+            except Exception:
+                pass
+        raise ValueError(f"the file {text} does not exist; check the path.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{text} is a folder, not an image file.") from None
+    if empty:
+        raise ValueError(f"the file {text} is empty (0 bytes).")
+    try:
+        return PIL.Image.open(text)
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"the file {text} is not an image file PIL can read.") from None
+
+
+def _integer_levels(values, what):
+    """Integer pixel values whose bit depth the type does not say: [0, 255] -> as is, [0, 65535] -> / 257."""
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"{what} values must lie in [0, 255] (8-bit) or [0, 65535] (16-bit), got [{low}, {high}]; convert the "
+            "image to uint8."
+        )
+    return values if high <= 255 else np.round(values / 257)
+
+
 def _pil_to_rgb(image):
-    """PIL image of any common mode -> `uint8` RGB array `(height, width, 3)`."""
+    """PIL image of any mode -> `uint8` RGB array `(height, width, 3)` (the rules are in `to_rgb_array`)."""
     try:
         image.load()
+        if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show the image upright, as viewers do
+            image = PIL.ImageOps.exif_transpose(image)
     except OSError as error:
         raise ValueError(
             f"the image could not be decoded ({error}); the file is truncated or corrupt, re-download or re-save it."
         ) from error
-    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        # 16-bit data: map the full 16-bit range [0, 65535] to [0, 255] instead of clipping at 255.
-        gray = np.round(np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    if image.mode == "P":
-        image = image.convert("RGBA")  # lets palette transparency convert without a warning; alpha is dropped
-    # Like the reference data loader (`Image.convert("RGB")`), alpha is dropped rather than composited.
-    return np.asarray(image.convert("RGB"))
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"the image is empty (width x height = {image.width} x {image.height}).")
+    if image.mode in _SIXTEEN_BIT_MODES:
+        gray = np.round(np.asarray(image, dtype=np.float64) / 257)
+    elif image.mode == "I":
+        gray = _integer_levels(np.asarray(image, dtype=np.int64), "mode I")
+    elif image.mode == "F":
+        gray = np.asarray(image, dtype=np.float64)
+        low, high = float(gray.min()), float(gray.max())
+        if not (0 <= low and high <= 255):
+            raise ValueError(f"mode F values must lie in [0, 1] or [0, 255], got [{low}, {high}].")
+        gray = np.round(gray * 255) if high <= 1 else np.round(gray)
+    else:
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")  # palette transparency converts without a warning; alpha is dropped
+        return np.asarray(image.convert("RGB"))  # alpha dropped, as the reference's `convert("RGB")`
+    return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def _array_to_rgb(array, input_data_format, channels_first_by_default):
-    """2D or 3D array (uint8, uint16, or float in [0, 1]) -> `uint8` RGB array `(height, width, 3)`."""
+    """2D or 3D array -> `uint8` RGB array `(height, width, 3)` (the rules are in `to_rgb_array`)."""
     if array.ndim == 2:
         array = array[..., None]
         input_data_format = ChannelDimension.LAST
@@ -164,7 +288,9 @@ def _array_to_rgb(array, input_data_format, channels_first_by_default):
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"the image is empty (height x width = {array.shape[0]} x {array.shape[1]}).")
 
-    if np.issubdtype(array.dtype, np.floating):
+    if array.dtype == np.bool_:
+        array = array * 255  # like PIL mode 1: True is white
+    elif np.issubdtype(array.dtype, np.floating):
         if not (array.min() >= 0 and array.max() <= 1):
             raise ValueError(
                 f"float images must have values in [0, 1], got [{array.min()}, {array.max()}]; divide by 255 or "
@@ -173,15 +299,60 @@ def _array_to_rgb(array, input_data_format, channels_first_by_default):
         array = np.round(array * 255)
     elif array.dtype == np.uint16:
         array = np.round(array / 257)  # 16-bit range -> 8-bit range
-    elif array.dtype != np.uint8 and not (array.min() >= 0 and array.max() <= 255):
-        raise ValueError(
-            f"integer images must have values in [0, 255] (or be uint16), got [{array.min()}, {array.max()}]; "
-            "convert the image to uint8."
-        )
+    elif array.dtype != np.uint8:
+        array = _integer_levels(array, f"{array.dtype} image")
     array = array.astype(np.uint8)
     if array.shape[-1] == 1:
         return np.repeat(array, 3, axis=-1)
     return array[..., :3]  # drop alpha, like the PIL path
+
+
+def to_rgb_array(image, input_data_format=None, channels_first_by_default=False):
+    """
+    Any supported image as an 8-bit RGB array `(height, width, 3)`: the one conversion rule of the project (used by
+    the processor, training, `explain()` and the visualize command).
+
+    | input | rule |
+    |---|---|
+    | path, URL | opened with PIL (a missing file is an error saying so), then as a PIL image |
+    | PIL, any mode | EXIF orientation applied (upright, as image viewers show it) |
+    | RGB, L | as is (L copied to the three channels) |
+    | RGBA, LA, RGBX, P, PA | alpha dropped, not composited (as the reference's `convert("RGB")`); palette colours |
+    | 1 | black 0, white 255 |
+    | CMYK, YCbCr, LAB, HSV | PIL's conversion to RGB |
+    | I;16 (16-bit) | value / 257, rounded: 0..65535 -> 0..255 |
+    | I (32-bit integer) | values in [0, 255]: 8-bit levels as is; otherwise values in [0, 65535]: / 257; else error |
+    | F (32-bit float) | values in [0, 1]: x 255; otherwise values in [0, 255]: as is; else error |
+    | array/tensor uint8 | as is; 2D = grayscale; 1, 3 or 4 channels first or last (alpha dropped) |
+    | array/tensor uint16 | value / 257, rounded |
+    | array/tensor bool | False 0, True 255 |
+    | array/tensor other integers | as mode I |
+    | array/tensor float | values must lie in [0, 1]: x 255, rounded |
+
+    Args:
+        image: a PIL image, NumPy array, torch tensor, path or URL.
+        input_data_format (`ChannelDimension`, *optional*): channel position of an array; inferred when unset.
+        channels_first_by_default (`bool`): for an ambiguous array, whether channels come first (torch tensors).
+
+    Raises:
+        `ValueError` naming what is wrong with the image.
+    """
+    if image is None:
+        raise ValueError("got None instead of an image; check that the image was loaded.")
+    if isinstance(image, str) or hasattr(image, "__fspath__"):  # a path, URL or base64 data
+        image = load_image(image)
+    if isinstance(image, PIL.Image.Image):
+        return _pil_to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+        return _array_to_rgb(array, input_data_format, True)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, input_data_format, channels_first_by_default)
+    raise ValueError(
+        f"unsupported image type {type(image).__name__}; pass a PIL image, a NumPy array, a torch tensor or a "
+        "path/URL."
+    )
 
 
 class IntrImageProcessor(PilBackend):
@@ -216,9 +387,9 @@ class IntrImageProcessor(PilBackend):
         pad_size (`dict[str, int]`, *optional*):
             Fixed `{"height": h, "width": w}` to pad to instead of the batch maximum.
 
-    Inputs can be PIL images (any common mode: L, LA, RGBA, P, CMYK, 1, I;16, I, F; 16-bit images are scaled by
-    the 16-bit range, alpha is dropped), NumPy arrays or torch tensors (`(height, width)`, channels first or last
-    with 1, 3 or 4 channels; `uint8`, `uint16`, or float in [0, 1]), paths/URLs, a list of these, or a 4D batch.
+    Inputs can be PIL images of any mode, NumPy arrays or torch tensors (`(height, width)`, channels first or last
+    with 1, 3 or 4 channels), paths/URLs, a list of these, or a 4D batch; each becomes 8-bit RGB by the one rule of
+    [`to_rgb_array`] (EXIF orientation applied, 16-bit scaled by its range, alpha dropped, ...).
 
     Returns a [`BatchFeature`] (use `return_tensors="pt"` for tensors) with:
         - **pixel_values** (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): normalized images.
@@ -238,37 +409,24 @@ class IntrImageProcessor(PilBackend):
     model_input_names = ["pixel_values", "pixel_mask"]
 
     def process_image(self, image, input_data_format=None, **kwargs) -> np.ndarray:
-        """Convert one input image to a channels-first `uint8` RGB array of shape `(3, height, width)`."""
-        if image is None:
-            raise ValueError("got None instead of an image; check that the image was loaded.")
-        if isinstance(image, str):
-            image = self.fetch_images(image)
-        if isinstance(image, PIL.Image.Image):
-            if image.width == 0 or image.height == 0:
-                raise ValueError(f"the image is empty (width x height = {image.width} x {image.height}).")
-            rgb = _pil_to_rgb(image)
-        elif isinstance(image, torch.Tensor):
-            tensor = image.detach().cpu()
-            rgb = _array_to_rgb(
-                (tensor.float() if tensor.is_floating_point() else tensor).numpy(), input_data_format, True
-            )
-        elif isinstance(image, np.ndarray):
-            rgb = _array_to_rgb(image, input_data_format, False)
-        else:
-            raise ValueError(
-                f"unsupported image type {type(image).__name__}; pass a PIL image, a NumPy array, a torch tensor "
-                "or a path/URL."
-            )
-        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+        """Convert one input image to a channels-first `uint8` RGB array `(3, height, width)` (see `to_rgb_array`)."""
+        return np.ascontiguousarray(to_rgb_array(image, input_data_format, False).transpose(2, 0, 1))
 
-    def _prepare_image_like_inputs(self, images, *args, expected_ndims=3, **kwargs) -> list[np.ndarray]:
+    def load_images(self, images, input_data_format=None) -> list[np.ndarray]:
+        """
+        One image or a list / 4D batch -> channels-first `uint8` RGB arrays `(3, height, width)`, one per image.
+        Errors name the image (`Image 2: the file x.png does not exist; ...`).
+        """
         prepared = []
-        for index, image in enumerate(_flatten_images(images)):
+        for index, image in enumerate(flatten_images(images)):
             try:
-                prepared.append(self.process_image(image, **kwargs))
+                prepared.append(self.process_image(image, input_data_format=input_data_format))
             except ValueError as error:
                 raise ValueError(f"Image {index}: {error}") from error
         return prepared
+
+    def _prepare_image_like_inputs(self, images, *args, expected_ndims=3, input_data_format=None, **kwargs):
+        return self.load_images(images, input_data_format)
 
     def resize(self, image, size, resample=None, **kwargs) -> np.ndarray:
         """Resize a channels-first image; `shortest_edge`/`longest_edge` sizes follow the reference size rule."""
@@ -294,9 +452,12 @@ class IntrImageProcessor(PilBackend):
         **kwargs,
     ) -> BatchFeature:
         processed = []
-        for image in images:
+        for index, image in enumerate(images):
             if do_resize:
-                image = self.resize(image, size=size, resample=resample)
+                try:
+                    image = self.resize(image, size=size, resample=resample)
+                except ValueError as error:
+                    raise ValueError(f"Image {index}: {error}") from error
             if do_rescale:
                 image = self.rescale(image, rescale_factor)
             if do_normalize:
@@ -304,12 +465,15 @@ class IntrImageProcessor(PilBackend):
             processed.append(image)
         data = {"pixel_values": processed}
         if do_pad:
-            data["pixel_values"], data["pixel_mask"] = self.pad(processed, pad_size=pad_size, return_mask=True)
+            pad_to = None if pad_size is None else (pad_size.height, pad_size.width)
+            data["pixel_values"], data["pixel_mask"] = pad_images(processed, pad_to)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_attention_maps(self, outputs, class_ids=None, target_sizes=None, layer=-1):
         """
-        Per-head decoder cross-attention maps of one class per image: where each head looked for that class.
+        Per-head decoder cross-attention maps of the requested (or predicted) classes: where each head looked for
+        each class. Padding is cropped off; the maps are float32 for a float32, bfloat16 or float16 model (float64
+        for a float64 one).
 
         Args:
             outputs:
@@ -317,9 +481,9 @@ class IntrImageProcessor(PilBackend):
                 layer of shape `(batch_size, num_heads, num_labels, height * width)`, row-major over the feature
                 map) and `feature_mask` `(batch_size, height, width)` (`True` at real feature positions). Call the
                 model with `output_attentions=True`.
-            class_ids (`int`, `list[int]` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
-                Class to explain per image (a single int applies to every image). Defaults to the predicted class
-                (argmax of the logits).
+            class_ids (`int`, `list` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
+                Classes to explain: one int for every image, or per image an int or a list of ints. Defaults to the
+                predicted class (argmax of the logits) of each image.
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch_size, 2)`, *optional*):
                 `(height, width)` per image (usually the original image size) to resize the maps to with bilinear
                 interpolation. Without it the maps stay at feature-map resolution.
@@ -327,8 +491,10 @@ class IntrImageProcessor(PilBackend):
                 Decoder layer whose cross-attention is used.
 
         Returns:
-            `list[dict]`, one per image, with `class_id` (`int`) and `attention_maps` (`torch.FloatTensor` of shape
-            `(num_heads, height, width)`: the target size, or the real (unpadded) feature-map region).
+            `list[dict]`, one per image. For an image given one class (an int, or by default): `class_id` (`int`)
+            and `attention_maps` (`torch.FloatTensor` of shape `(num_heads, height, width)`: the target size, or
+            the real feature-map region). For an image given a list of classes: `class_ids` (`list[int]`) and
+            `attention_maps` of shape `(len(class_ids), num_heads, height, width)`, in the order given.
         """
         cross_attentions = getattr(outputs, "cross_attentions", None)
         if cross_attentions is None:
@@ -338,6 +504,10 @@ class IntrImageProcessor(PilBackend):
         feature_mask = getattr(outputs, "feature_mask", None)
         if feature_mask is None:
             raise ValueError("`outputs` has no `feature_mask`, which is needed to locate the real feature region.")
+        num_layers = len(cross_attentions)
+        if not -num_layers <= layer < num_layers:
+            raise ValueError(f"layer must lie in [{-num_layers}, {num_layers - 1}] (the decoder has {num_layers}), "
+                             f"got {layer}.")
         attention = cross_attentions[layer]
         batch_size, num_labels = attention.shape[0], attention.shape[2]
 
@@ -346,11 +516,14 @@ class IntrImageProcessor(PilBackend):
         elif isinstance(class_ids, int):
             class_ids = [class_ids] * batch_size
         else:
-            class_ids = [int(class_id) for class_id in class_ids]
+            class_ids = [int(c) if np.ndim(c) == 0 else [int(x) for x in c] for c in class_ids]
         if len(class_ids) != batch_size:
             raise ValueError(f"Got {len(class_ids)} class ids for a batch of {batch_size} images; give one per image.")
-        if any(not 0 <= class_id < num_labels for class_id in class_ids):
-            raise ValueError(f"Class ids {class_ids} must lie in [0, {num_labels - 1}] (the model has {num_labels}).")
+        for requested in class_ids:
+            if any(not 0 <= c < num_labels for c in np.atleast_1d(requested)):
+                raise ValueError(
+                    f"Class ids {requested} must lie in [0, {num_labels - 1}] (the model has {num_labels})."
+                )
         if target_sizes is not None and len(target_sizes) != batch_size:
             raise ValueError(
                 f"Got {len(target_sizes)} target sizes for a batch of {batch_size} images; give one (height, width) "
@@ -358,19 +531,27 @@ class IntrImageProcessor(PilBackend):
             )
 
         results = []
-        for index, class_id in enumerate(class_ids):
-            maps = attention_to_feature_map(attention[index, :, class_id].float(), feature_mask[index])
+        for index, requested in enumerate(class_ids):
+            # (num_heads, num_labels, h*w) -> rows of the requested classes: (heads, h*w) or (classes, heads, h*w)
+            rows = at_least_float32(attention[index].transpose(0, 1)[requested])
+            maps = attention_to_feature_map(rows, feature_mask[index])
             if target_sizes is not None:
-                height, width = (int(value) for value in target_sizes[index])
-                maps = resize_maps(maps, (height, width))
-            results.append({"class_id": class_id, "attention_maps": maps})
+                maps = resize_maps(maps, [int(value) for value in target_sizes[index]])
+            key = "class_ids" if isinstance(requested, list) else "class_id"
+            results.append({key: requested, "attention_maps": maps})
         return results
 
 
 __all__ = [
     "IntrImageProcessor",
+    "at_least_float32",
     "attention_to_feature_map",
-    "crop_to_feature_mask",
+    "crop_padded_batch",
+    "crop_to_mask",
+    "flatten_images",
     "get_resize_output_size",
+    "load_image",
+    "pad_images",
     "resize_maps",
+    "to_rgb_array",
 ]

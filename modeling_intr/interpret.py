@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .image_processing_intr import _flatten_images, attention_to_feature_map, resize_maps
+from .image_processing_intr import at_least_float32, crop_padded_batch, resize_maps
 
 
 def gaussian_blur(images, sigma):
@@ -128,26 +128,30 @@ def explain(model, processor, images, class_ids=None, top_q=5, layer=-1, top_k=5
             - `maps` (`dict[int, dict]`), for every requested and similar class: `label`, `score` (probability),
               `logit`, `heads` `(num_heads, h, w)` and `average` `(h, w)` over the real (unpadded) feature region,
               `heads_resized` `(num_heads, height, width)` and `average_resized` `(height, width)` at the original
-              image size.
+              image size: CPU tensors, float32 (float64 for a float64 model; a bfloat16 or float16 model works too).
     """
-    rgb = [processor.process_image(image) for image in _flatten_images(images)]  # [3, H, W] uint8 each
+    rgb = processor.load_images(images)  # [3, H, W] uint8 each
     inputs = processor(rgb, input_data_format="channels_first", return_tensors="pt").to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)  # a bfloat16/float16-loaded model
     outputs = model(**inputs, output_attentions=True)
-    num_layers = len(outputs.cross_attentions)
-    if not -num_layers <= layer < num_layers:
-        raise ValueError(f"layer must lie in [{-num_layers}, {num_layers - 1}] (the decoder has {num_layers}), got {layer}.")
-    attention = outputs.cross_attentions[layer].float().cpu()  # [b, heads, num_labels, h*w]
-    logits, feature_mask = outputs.logits.float().cpu(), outputs.feature_mask.cpu()
+    logits = at_least_float32(outputs.logits).cpu()  # float32 maps and scores from a bfloat16 model
     num_labels, id2label = logits.shape[-1], model.config.id2label
 
-    results = []
+    explained_per_image, requested_per_image, similar_per_image = [], [], []
     for index, requested in enumerate(_per_image_class_ids(class_ids, len(rgb))):
         requested = requested or [int(logits[index].argmax())]
         if any(not 0 <= c < num_labels for c in requested):
-            raise ValueError(f"Class ids {requested} must lie in [0, {num_labels - 1}].")
+            raise ValueError(f"Class ids {requested} must lie in [0, {num_labels - 1}] (the model has {num_labels}).")
         similar = similar_classes(logits[index], requested, top_q)
-        explained = list(dict.fromkeys(requested + similar))
-        heads = attention_to_feature_map(attention[index][:, explained].transpose(0, 1), feature_mask[index])
+        requested_per_image.append(requested)
+        similar_per_image.append(similar)
+        explained_per_image.append(list(dict.fromkeys(requested + similar)))
+    # per image: (num_explained, num_heads, h, w) float32 over the real feature region
+    per_image_maps = processor.post_process_attention_maps(outputs, class_ids=explained_per_image, layer=layer)
+
+    results = []
+    for index, explained in enumerate(explained_per_image):
+        heads = per_image_maps[index]["attention_maps"].cpu()
         size = rgb[index].shape[-2:]
         probabilities = logits[index].softmax(-1)
         maps = {
@@ -166,8 +170,8 @@ def explain(model, processor, images, class_ids=None, top_q=5, layer=-1, top_k=5
             {
                 "image": rgb[index].transpose(1, 2, 0),
                 "predictions": top_predictions(logits[index], id2label, top_k),
-                "class_ids": requested,
-                "similar_class_ids": similar,
+                "class_ids": requested_per_image[index],
+                "similar_class_ids": similar_per_image[index],
                 "maps": maps,
             }
         )
@@ -255,36 +259,53 @@ def attention_rollout(model, pixel_values, head_fusion="mean", discard_ratio=0.0
     if head_fusion not in fusions:
         raise ValueError(f"head_fusion must be one of {sorted(fusions)}, got {head_fusion!r}.")
     with torch.no_grad():
-        _, attentions = _vit_attentions(model, pixel_values, **model_kwargs)
+        _, attentions = _vit_attentions(model, pixel_values.to(model.dtype), **model_kwargs)
     cls_rows = _rollout([fusions[head_fusion](a) for a in attentions], discard_ratio)
     return _to_patch_grid(model, pixel_values, cls_rows)
 
 
-def gradient_rollout(model, pixel_values, class_ids, discard_ratio=0.0, **model_kwargs):
+GRADIENT_FUSIONS = {
+    # jacobgil/vit-explain: attention x gradient, mean over heads, then negatives set to zero
+    "mean_then_clip": lambda weighted: weighted.mean(1).clamp(min=0),
+    # Chefer et al.: negatives set to zero per head, then mean over heads
+    "clip_then_mean": lambda weighted: weighted.clamp(min=0).mean(1),
+}
+
+
+def gradient_rollout(model, pixel_values, class_ids, discard_ratio=0.0, fusion="mean_then_clip", **model_kwargs):
     """
     Gradient rollout for a transformers ViT-family image classifier.
 
-    Each layer's attention is multiplied by its own gradient with respect to the target class logit, negatives are
-    clipped to zero and the heads averaged; the result is rolled out as in [`attention_rollout`] (rows normalized).
+    Each layer's attention is multiplied elementwise by its own gradient with respect to the target class logit and
+    the heads are fused: by default as jacobgil/vit-explain defines it, averaged over heads and then negatives set
+    to zero (`fusion="mean_then_clip"`); `fusion="clip_then_mean"` clips each head before averaging (the order of
+    Chefer et al.). The fused maps are rolled out as in [`attention_rollout`] (identity added, rows normalized to
+    sum 1, layers multiplied through).
 
     Args:
         model: a ViT-family classifier loaded with `attn_implementation="eager"`, in eval mode.
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): processed images.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): processed images (cast to the
+            model's dtype).
         class_ids (`int` or `list[int]` / `torch.Tensor` of shape `(batch_size,)`): target class per image.
         discard_ratio (`float`, *optional*, defaults to 0): as in [`attention_rollout`].
+        fusion (`str`, *optional*, defaults to `"mean_then_clip"`): `"mean_then_clip"` or `"clip_then_mean"`.
         model_kwargs: passed to the model.
 
     Returns:
         `torch.FloatTensor` of shape `(batch_size, rows, cols)`.
     """
+    if fusion not in GRADIENT_FUSIONS:
+        raise ValueError(f"fusion must be one of {sorted(GRADIENT_FUSIONS)}, got {fusion!r}.")
     batch_size = pixel_values.shape[0]
     targets = torch.as_tensor([class_ids] * batch_size if isinstance(class_ids, int) else class_ids).long()
+    pixel_values = pixel_values.detach().to(model.dtype).requires_grad_(True)
     # Gradients reach the attention weights through the input even when the model's parameters are frozen.
     with torch.enable_grad():
-        logits, attentions = _vit_attentions(model, pixel_values.detach().requires_grad_(True), **model_kwargs)
+        logits, attentions = _vit_attentions(model, pixel_values, **model_kwargs)
         target_logits = logits.gather(1, targets.to(logits.device)[:, None]).sum()  # images are independent
-        gradients = torch.autograd.grad(target_logits, attentions)
-    fused = [(a * g).clamp(min=0).mean(1) for a, g in zip(attentions, gradients)]
+        gradients = torch.autograd.grad(target_logits, attentions)  # gradients[i] belongs to attentions[i]
+    # attention, gradient: (batch_size, heads, tokens, tokens) -> fused (batch_size, tokens, tokens)
+    fused = [GRADIENT_FUSIONS[fusion](a.float() * g.float()) for a, g in zip(attentions, gradients)]
     return _to_patch_grid(model, pixel_values, _rollout(fused, discard_ratio))
 
 
@@ -307,32 +328,40 @@ def _baseline_image(image, baseline, blur_sigma):
 
 
 @torch.no_grad()
-def _class_probabilities(model, pixel_values, class_id, batch_size):
-    """Softmax probability of `class_id` for every image of `pixel_values` `[n, 3, H, W]`, in chunks: `[n]`."""
-    probabilities = []
-    for chunk in pixel_values.split(batch_size):
-        logits = model(pixel_values=chunk.to(model.device)).logits.float()
-        probabilities.append(logits.softmax(-1)[:, class_id].cpu())
-    return torch.cat(probabilities)
-
-
-def real_regions(pixel_values, pixel_mask):
+def _masked_probabilities(model, image, fade, ranks, thresholds, class_id, batch_size):
     """
-    Crop each image of a padded batch to its real region (padding is bottom/right).
+    Probability of `class_id` for every deletion and insertion step of every method, building only `batch_size`
+    masked copies at a time (memory: `batch_size` images, not all `2 * methods * (steps + 1)` of them).
 
     Args:
-        pixel_values (`torch.Tensor` `(batch_size, 3, height, width)` or a list of `(3, h, w)`): images.
-        pixel_mask (`torch.Tensor` `(batch_size, height, width)`, *optional*): 1 on real pixels; None: no padding.
+        image, fade (`torch.Tensor` of shape `(3, H, W)`): the image and the image its pixels fade to.
+        ranks (`torch.Tensor` of shape `(methods, H * W)`): rank of every pixel per method (0: most salient).
+        thresholds (`torch.Tensor` of shape `(steps + 1,)`): number of pixels removed / revealed at each step.
 
     Returns:
-        `list[torch.Tensor]` of `(3, h, w)`, float32 on the CPU.
+        `torch.Tensor` of shape `(methods, 2, steps + 1)`: deletion then insertion curves, float32.
     """
-    pixel_values = [image.float().cpu() for image in pixel_values]
-    if pixel_mask is None:
-        return pixel_values
-    return [
-        image[:, : int(mask[:, 0].sum()), : int(mask[0].sum())] for image, mask in zip(pixel_values, pixel_mask)
-    ]
+    num_methods, num_steps = ranks.shape[0], thresholds.shape[0]
+    # copy n is method n // (2 * steps), kind (n // steps) % 2 (0: deletion, 1: insertion), step n % steps
+    copies = torch.arange(num_methods * 2 * num_steps)
+    dtype = getattr(model, "dtype", torch.float32)
+    probabilities = []
+    for chunk in copies.split(batch_size):
+        method, kind, step = chunk // (2 * num_steps), (chunk // num_steps) % 2, chunk % num_steps
+        # built inside the call, so one chunk of copies is alive at a time
+        logits = model(pixel_values=_masked_copies(image, fade, ranks, thresholds, method, kind, step).to(
+            model.device, dtype)).logits.float()
+        probabilities.append(logits.softmax(-1)[:, class_id].cpu())
+    return torch.cat(probabilities).view(num_methods, 2, num_steps)
+
+
+def _masked_copies(image, fade, ranks, thresholds, method, kind, step):
+    """Copies `(n, 3, H, W)` of `image`: deletion (`kind` 0) fades the `thresholds[step]` most salient pixels of
+    `method`'s ranking to `fade`, insertion (`kind` 1) fades all the others."""
+    removed = torch.stack([ranks[m] < thresholds[t] for m, t in zip(method, step)])  # (n, H * W) bool
+    removed = removed.view(-1, 1, *image.shape[-2:])  # (n, 1, H, W)
+    inserted = (kind == 1).view(-1, 1, 1, 1)
+    return torch.where(removed ^ inserted, fade, image)
 
 
 def evaluate_explanations(
@@ -356,7 +385,9 @@ def evaluate_explanations(
     the top `k / steps` share of them by the baseline image, insertion starts from the baseline and reveals them;
     the probability of the explained class is recorded for `k = 0 .. steps` and the area under each curve (trapezoid
     rule over the share in [0, 1]) summarizes it: low deletion and high insertion areas mean a faithful map. All
-    `2 * (steps + 1)` masked copies of an image, for every method, run as batches of `batch_size`.
+    `2 * (steps + 1)` masked copies of an image, for every method, run as batches of `batch_size`, and only one
+    batch of copies exists at a time, so memory grows with `batch_size`, not with the number of methods and steps.
+    The images are cast to the model's dtype (a bfloat16 model works); probabilities are computed in float32.
 
     Args:
         model: an image classifier called as `model(pixel_values=...)` returning `logits` (INTR, ViT, ...).
@@ -383,7 +414,7 @@ def evaluate_explanations(
         `insertion_auc` (means over images), `deletion_curve` and `insertion_curve` (mean curves), and the per-image
         `deletion_aucs` / `insertion_aucs`.
     """
-    images = real_regions(pixel_values, pixel_mask)
+    images = crop_padded_batch(pixel_values, pixel_mask)
     generator = torch.Generator().manual_seed(seed)
     first = next(iter(maps.values()))
     methods = dict(maps)
@@ -398,15 +429,13 @@ def evaluate_explanations(
         sigma = blur_sigma if blur_sigma is not None else max(size) / 10
         sigmas.append(sigma)
         fade = _baseline_image(image, baseline, sigma)
-        num_pixels = size[0] * size[1]
-        thresholds = torch.round(fractions * num_pixels).long()
-        batches = []
-        for name in methods:
-            removed = (_pixel_ranks(methods[name][index], size)[None] < thresholds[:, None]).view(-1, 1, *size)
-            batches += [torch.where(removed, fade, image), torch.where(removed, image, fade)]
-        probabilities = _class_probabilities(model, torch.cat(batches), int(class_ids[index]), batch_size)
+        thresholds = torch.round(fractions * size[0] * size[1]).long()
+        ranks = torch.stack([_pixel_ranks(methods[name][index], size) for name in methods])  # (methods, H * W)
+        probabilities = _masked_probabilities(
+            model, image, fade, ranks, thresholds, int(class_ids[index]), batch_size
+        )  # (methods, 2, steps + 1)
         for n, name in enumerate(methods):
-            deletion, insertion = probabilities.view(len(methods), 2, steps + 1)[n]
+            deletion, insertion = probabilities[n]
             curves[name]["deletion"].append(deletion)
             curves[name]["insertion"].append(insertion)
 
@@ -492,7 +521,6 @@ __all__ = [
     "localization_scores",
     "mass_in_box",
     "peak_location",
-    "real_regions",
     "pointing_game",
     "resize_maps",
     "similar_classes",

@@ -9,15 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FIXTURES, requires_fixtures
 from modeling_intr.image_processing_intr import (
     IntrImageProcessor,
     attention_to_feature_map,
-    crop_to_feature_mask,
+    crop_padded_batch,
+    crop_to_mask,
     get_resize_output_size,
+    pad_images,
+    to_rgb_array,
 )
 
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_preprocessing"
+PREPROCESSING = FIXTURES / "official_preprocessing"
 SMALL_SIZE = {"shortest_edge": 24, "longest_edge": 40}
 
 
@@ -34,18 +38,18 @@ def random_rgb(height, width, seed=0):
 # ---------------------------------------------------------------- parity with the reference evaluation transform
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES} (not in a fresh clone)")
+@requires_fixtures
 def test_default_matches_reference_eval_transform():
     from safetensors.torch import load_file
 
-    expected = load_file(FIXTURES / "official_eval_pixel_values.safetensors")
-    sizes = json.loads((FIXTURES / "official_eval_pixel_values.json").read_text())
+    expected = load_file(PREPROCESSING / "official_eval_pixel_values.safetensors")
+    sizes = json.loads((PREPROCESSING / "official_eval_pixel_values.json").read_text())
     processor = IntrImageProcessor()
     assert len(sizes) == 3
     for filename, info in sizes.items():
         reference = expected[Path(filename).stem]
         assert list(reference.shape) == info["output_chw"]
-        with Image.open(FIXTURES / filename) as image:
+        with Image.open(PREPROCESSING / filename) as image:
             assert list(image.size) == info["input_size_wh"]
             outputs = processor(image, return_tensors="pt")
         assert outputs.pixel_values.dtype == torch.float32
@@ -150,6 +154,134 @@ def test_4d_batch_input_is_split_into_images(small_processor):
     assert torch.equal(outputs.pixel_values[1], small_processor(batch[1], return_tensors="pt").pixel_values[0])
 
 
+# ---------------------------------------------------------------- one conversion rule per mode (to_rgb_array)
+
+
+GRAY = np.random.default_rng(7).integers(0, 256, (6, 5), dtype=np.uint8)  # 8-bit levels
+RGB = random_rgb(6, 5, seed=8)
+EXPECTED_GRAY = np.repeat(GRAY[..., None], 3, axis=-1)
+
+
+def pil_image(mode):
+    """An image of `mode` holding GRAY / RGB (what each mode's rule must give back)."""
+    if mode == "I;16":
+        return Image.fromarray(GRAY.astype(np.uint16) * 257)
+    if mode == "I 8-bit":
+        return Image.fromarray(GRAY.astype(np.int32))
+    if mode == "I 16-bit":
+        return Image.fromarray(GRAY.astype(np.int32) * 257)
+    if mode == "F 8-bit":
+        return Image.fromarray(GRAY.astype(np.float32))
+    if mode == "F fraction":
+        return Image.fromarray(GRAY.astype(np.float32) / 255)
+    if mode in ("L", "LA"):
+        return Image.fromarray(GRAY).convert(mode)
+    return Image.fromarray(RGB).convert(mode)
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("L", EXPECTED_GRAY),
+        ("LA", EXPECTED_GRAY),  # alpha dropped
+        ("RGBA", RGB),  # alpha dropped, not composited
+        ("I;16", EXPECTED_GRAY),  # 16-bit: / 257
+        ("I 8-bit", EXPECTED_GRAY),  # 32-bit integers holding 8-bit levels stay as they are (not / 257)
+        ("I 16-bit", EXPECTED_GRAY),  # 32-bit integers holding 16-bit levels: / 257
+        ("F 8-bit", EXPECTED_GRAY),  # floats in [0, 255]: 8-bit levels
+        ("F fraction", EXPECTED_GRAY),  # floats in [0, 1]: x 255
+    ],
+)
+def test_each_pil_mode_has_one_rule(mode, expected):
+    image = pil_image(mode)
+    assert image.mode == mode.split()[0]
+    np.testing.assert_array_equal(to_rgb_array(image), expected)
+
+
+def test_palette_cmyk_and_bilevel_images_use_pils_colours():
+    palette = Image.fromarray(RGB).convert("P")
+    np.testing.assert_array_equal(to_rgb_array(palette), np.asarray(palette.convert("RGB")))
+    cmyk = Image.fromarray(RGB).convert("CMYK")
+    np.testing.assert_array_equal(to_rgb_array(cmyk), np.asarray(cmyk.convert("RGB")))
+    bilevel = Image.fromarray(GRAY > 127)
+    assert bilevel.mode == "1"
+    np.testing.assert_array_equal(to_rgb_array(bilevel)[..., 0], np.where(GRAY > 127, 255, 0))
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (GRAY, EXPECTED_GRAY),
+        (GRAY.astype(np.uint16) * 257, EXPECTED_GRAY),  # uint16: / 257
+        (GRAY.astype(np.float32) / 255, EXPECTED_GRAY),  # float in [0, 1]: x 255
+        (GRAY > 127, np.repeat(np.where(GRAY > 127, 255, 0)[..., None], 3, axis=-1)),  # bool: True is white
+        (GRAY.astype(np.int64), EXPECTED_GRAY),  # other integers: as mode I
+        (GRAY.astype(np.int32) * 257, EXPECTED_GRAY),
+        (np.dstack([RGB, np.zeros((6, 5), dtype=np.uint8)]), RGB),  # alpha channel dropped
+    ],
+    ids=["uint8", "uint16", "float", "bool", "int64 8-bit", "int32 16-bit", "rgba"],
+)
+def test_each_array_type_has_one_rule(array, expected):
+    np.testing.assert_array_equal(to_rgb_array(array), expected)
+    np.testing.assert_array_equal(to_rgb_array(torch.from_numpy(np.ascontiguousarray(array))), expected)
+
+
+def test_integers_beyond_16_bits_are_refused():
+    with pytest.raises(ValueError, match=r"\[0, 65535\]"):
+        to_rgb_array(Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)))
+    with pytest.raises(ValueError, match="mode F"):
+        to_rgb_array(Image.fromarray(np.full((4, 4), 300.0, dtype=np.float32)))
+
+
+def test_exif_orientation_is_applied_on_every_path(tmp_path):
+    from modeling_intr.data import open_image, to_rgb
+
+    pixels = random_rgb(10, 20, seed=9)  # 10 rows x 20 columns as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=100)
+    upright = to_rgb_array(str(path))
+    assert upright.shape == (20, 10, 3)  # shown upright: 20 rows x 10 columns
+    with Image.open(path) as image:
+        np.testing.assert_array_equal(to_rgb_array(image), upright)
+    np.testing.assert_array_equal(np.asarray(open_image(path)), upright)  # training's up-front check
+    with Image.open(path) as image:
+        np.testing.assert_array_equal(np.asarray(to_rgb(image)), upright)  # training's transform
+    processed = IntrImageProcessor(do_resize=False)(str(path), return_tensors="pt").pixel_values
+    assert processed.shape == (1, 3, 20, 10)
+
+
+# ---------------------------------------------------------------- padding and cropping
+
+
+def test_pad_images_pads_bottom_right_with_a_mask_for_tensors_and_arrays():
+    images = [torch.ones(3, 2, 4), 2 * torch.ones(3, 3, 1)]
+    pixel_values, pixel_mask = pad_images(images)
+    assert pixel_values.shape == (2, 3, 3, 4) and pixel_mask.dtype == torch.long
+    assert torch.equal(pixel_mask[0], torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]]))
+    assert torch.equal(pixel_mask[1], torch.tensor([[1, 0, 0, 0]] * 3))
+    assert float(pixel_values[0].sum()) == 3 * 8 and float(pixel_values[1].sum()) == 2 * 3 * 3
+    arrays, masks = pad_images([image.numpy() for image in images], pad_size=(5, 5))
+    assert isinstance(arrays, np.ndarray) and arrays.shape == (2, 3, 5, 5) and masks.sum() == 8 + 3
+    with pytest.raises(ValueError, match="smaller pad size"):
+        pad_images(images, pad_size=(2, 2))
+    cropped = crop_padded_batch(pixel_values, pixel_mask)
+    assert [tuple(image.shape) for image in cropped] == [(3, 2, 4), (3, 3, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(cropped, images))
+
+
+def test_processor_pads_with_the_same_helper_as_training(small_processor):
+    from modeling_intr.data import collate_images
+
+    images = [random_rgb(30, 40, 1), random_rgb(40, 30, 2)]
+    batch = small_processor(images, return_tensors="pt")
+    one_by_one = [small_processor(image, do_pad=False, return_tensors="pt").pixel_values[0] for image in images]
+    collated = collate_images([{"pixel_values": values, "labels": 0} for values in one_by_one])
+    assert torch.equal(batch.pixel_values, collated["pixel_values"])
+    assert torch.equal(batch.pixel_mask, collated["pixel_mask"])
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -177,6 +309,25 @@ def test_truncated_jpeg_raises_value_error_naming_the_image(small_processor, tmp
     with Image.open(path) as image:
         with pytest.raises(ValueError, match=r"Image 1: .*truncated or corrupt"):
             small_processor([random_rgb(30, 30), image])
+
+
+def test_missing_file_says_it_does_not_exist(small_processor, tmp_path):
+    with pytest.raises(ValueError, match=r"Image 1: the file .*missing\.png does not exist"):
+        small_processor([random_rgb(30, 30), str(tmp_path / "missing.png")])
+    with pytest.raises(ValueError, match="is a folder"):
+        small_processor(tmp_path)
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(ValueError, match="not an image file"):
+        small_processor(str(tmp_path / "notes.png"))
+
+
+@pytest.mark.parametrize("height_width", [(1, 3000), (3000, 1), (2, 6000)])
+def test_images_too_thin_to_resize_raise_naming_the_image(height_width):
+    with pytest.raises(ValueError, match="0 pixels"):
+        get_resize_output_size(height_width, 800, 1333)
+    strip = np.zeros((*height_width, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=rf"Image 1: the image is {height_width[0]}x{height_width[1]} pixels"):
+        IntrImageProcessor()([random_rgb(30, 30), strip])
 
 
 def test_none_raises_value_error_naming_the_image(small_processor):
@@ -226,6 +377,28 @@ def test_attention_maps_for_requested_classes_and_layer():
     assert torch.equal(results[0]["attention_maps"], first_layer[0, :, 2, :3, :4])
 
 
+def test_attention_maps_for_several_classes_per_image():
+    outputs, attention = synthetic_outputs()
+    results = IntrImageProcessor().post_process_attention_maps(outputs, class_ids=[[2, 0], 1])
+    assert results[0]["class_ids"] == [2, 0] and results[0]["attention_maps"].shape == (2, 2, 3, 4)
+    assert torch.equal(results[0]["attention_maps"][0], attention[0, :, 2, :3, :4])
+    assert torch.equal(results[0]["attention_maps"][1], attention[0, :, 0, :3, :4])
+    assert results[1]["class_id"] == 1 and torch.equal(results[1]["attention_maps"], attention[1, :, 1])
+    resized = IntrImageProcessor().post_process_attention_maps(outputs, class_ids=[[2, 0], 1],
+                                                                target_sizes=[(9, 12), (8, 10)])
+    assert resized[0]["attention_maps"].shape == (2, 2, 9, 12)
+
+
+def test_attention_maps_of_half_precision_outputs_are_float32_and_float64_stays():
+    outputs, attention = synthetic_outputs()
+    for dtype, expected in ((torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                            (torch.float64, torch.float64)):
+        cast = type(outputs)(logits=outputs.logits, feature_mask=outputs.feature_mask,
+                             cross_attentions=tuple(layer.to(dtype) for layer in outputs.cross_attentions))
+        maps = IntrImageProcessor().post_process_attention_maps(cast, target_sizes=[(8, 8), (8, 8)])
+        assert all(result["attention_maps"].dtype == expected for result in maps)
+
+
 def test_attention_maps_resized_bilinearly_to_target_size():
     outputs, attention = synthetic_outputs()
     processor = IntrImageProcessor()
@@ -255,13 +428,17 @@ def test_attention_map_errors():
         processor.post_process_attention_maps(outputs, target_sizes=[(10, 10)])
     with pytest.raises(ValueError, match="must lie in"):
         processor.post_process_attention_maps(outputs, class_ids=[0, 3])
+    with pytest.raises(ValueError, match="must lie in"):
+        processor.post_process_attention_maps(outputs, class_ids=[[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match="layer must lie in"):
+        processor.post_process_attention_maps(outputs, layer=2)
 
 
 def test_feature_map_helpers():
     feature_mask = torch.zeros(3, 4, dtype=torch.bool)
     feature_mask[:2, :3] = True
     maps = torch.arange(2 * 12.0).reshape(2, 3, 4)
-    assert torch.equal(crop_to_feature_mask(maps, feature_mask), maps[:, :2, :3])
+    assert torch.equal(crop_to_mask(maps, feature_mask), maps[:, :2, :3])
     assert torch.equal(attention_to_feature_map(maps.flatten(-2), feature_mask), maps[:, :2, :3])
 
 

@@ -1,15 +1,13 @@
-"""Tests of `modeling_intr.interpret` (INTR maps, ViT rollouts, faithfulness, localization) and of the
-`modeling_intr.visualize` command line (CPU, small models)."""
+"""Tests of `modeling_intr.interpret` (INTR maps against the reference's float64 truth, bfloat16 models, ViT
+rollouts from their definitions, faithfulness, localization); the command line is in test_visualize.py."""
 
-import json
+import copy
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
     DeiTConfig,
@@ -20,7 +18,8 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from modeling_intr import IntrImageProcessor, load_reference_checkpoint
+from conftest import assert_matches_truth, reference_fixture, requires_fixtures, tiny_config
+from modeling_intr import IntrForImageClassification, IntrImageProcessor, load_reference_checkpoint
 from modeling_intr.interpret import (
     attention_rollout,
     evaluate_explanations,
@@ -32,12 +31,9 @@ from modeling_intr.interpret import (
 )
 
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_intr_r18"
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-needs_reference = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason=f"reference fixtures not found at {REFERENCE} (not in a fresh clone)"
-)
+REFERENCE = reference_fixture()
 
 
 # ---------------------------------------------------------------- INTR: explain against the reference
@@ -45,36 +41,57 @@ needs_reference = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def reference():
-    """The converted reference model, its outputs, and its two input images as uint8 (real region only)."""
-    data = load_file(REFERENCE / "reference_io.safetensors")
-    model = load_reference_checkpoint(REFERENCE / "checkpoint.pth")
+    """The converted reference model, its float64 outputs (the truth), and its two input images as uint8."""
+    truth = load_file(REFERENCE["io_float64"])
+    model = load_reference_checkpoint(REFERENCE["checkpoint"])
     images = []
-    for pixels, mask in zip(data["pixel_values"], data["pixel_mask"]):
+    for pixels, mask in zip(load_file(REFERENCE["io"])["pixel_values"], truth["pixel_mask"]):
         height, width = int(mask[:, 0].sum()), int(mask[0].sum())
         rgb = ((pixels * IMAGENET_STD + IMAGENET_MEAN) * 255).round().clamp(0, 255).to(torch.uint8)
         images.append(rgb[:, :height, :width].permute(1, 2, 0).numpy())  # the originals were uint8
-    return model, data, images
+    return model, truth, images
 
 
-@needs_reference
-def test_explain_head_maps_and_average_equal_reference(reference):
-    model, data, images = reference
+@requires_fixtures
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_explain_head_maps_and_average_equal_reference(reference, dtype):
+    """float64: exact (FLOAT64_TOLERANCE); float32: within float32 precision of the float64 truth, on any CPU."""
+    model, truth, images = reference
+    model = copy.deepcopy(model).to(dtype)
     results = explain(model, IntrImageProcessor(do_resize=False), images, class_ids=[[0, 3], 6], top_q=3)
     for index, result in enumerate(results):
-        assert result["predictions"][0]["class_id"] == int(data["logits"][index].argmax())
-        assert result["predictions"][0]["logit"] == pytest.approx(float(data["logits"][index].max()), abs=1e-4)
+        assert result["predictions"][0]["class_id"] == int(truth["logits"][index].argmax())
+        logit = torch.tensor(result["predictions"][0]["logit"], dtype=dtype)
+        assert_matches_truth(logit, truth["logits"][index].max(), "top logit")
         for class_id, maps in result["maps"].items():
             height, width = maps["heads"].shape[-2:]
-            heads = data["cross_attentions"][-1, index, :, class_id].reshape(4, 6, 7)
-            average = data["avg_cross_attentions"][-1, index, class_id].reshape(6, 7)
-            torch.testing.assert_close(maps["heads"], heads[:, :height, :width], atol=1e-5, rtol=0)
-            torch.testing.assert_close(maps["average"], average[:height, :width], atol=1e-5, rtol=0)
+            heads = truth["cross_attentions"][-1, index, :, class_id].reshape(4, 6, 7)
+            assert maps["heads"].dtype == dtype
+            assert_matches_truth(maps["heads"], heads[:, :height, :width], f"image {index} class {class_id} heads")
+            # the head average is the mean of the heads (post-norm: the reference's average is that mean too)
+            average = truth["avg_cross_attentions"][-1, index, class_id].reshape(6, 7)
+            assert_matches_truth(maps["average"], average[:height, :width], f"image {index} class {class_id} average")
     assert results[0]["class_ids"] == [0, 3] and results[1]["class_ids"] == [6]
 
 
-@needs_reference
+@requires_fixtures
+def test_explain_is_built_on_post_process_attention_maps(reference):
+    model, _, images = reference
+    processor = IntrImageProcessor(do_resize=False)
+    results = explain(model, processor, images, class_ids=[[0, 3], 6], top_q=0)
+    inputs = processor(images, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs, output_attentions=True)
+    expected = processor.post_process_attention_maps(outputs, class_ids=[[0, 3], [6]])
+    for result, maps in zip(results, expected):
+        assert maps["class_ids"] == result["class_ids"]
+        for n, class_id in enumerate(maps["class_ids"]):
+            assert torch.equal(result["maps"][class_id]["heads"], maps["attention_maps"][n])
+
+
+@requires_fixtures
 def test_explain_excludes_padding_and_resizes_to_the_original_image(reference):
-    model, data, images = reference
+    model, _, images = reference
     results = explain(model, IntrImageProcessor(do_resize=False), images, top_q=0)
     for index, (result, image) in enumerate(zip(results, images)):
         (class_id,) = result["class_ids"]
@@ -92,16 +109,50 @@ def test_explain_excludes_padding_and_resizes_to_the_original_image(reference):
             assert abs(int(big_row // cell_height) - row) <= 1 and abs(int(big_col // cell_width) - col) <= 1
 
 
-@needs_reference
+@requires_fixtures
 def test_explain_top_q_forces_the_requested_class_into_the_list(reference):
-    model, data, images = reference
-    worst = data["logits"].argmin(-1).tolist()
+    model, truth, images = reference
+    worst = truth["logits"].argmin(-1).tolist()
     results = explain(model, IntrImageProcessor(do_resize=False), images, class_ids=worst, top_q=3)
-    for logits, class_id, result in zip(data["logits"], worst, results):
+    for logits, class_id, result in zip(truth["logits"], worst, results):
         top3 = logits.topk(3).indices.tolist()
         assert result["similar_class_ids"] == top3[:2] + [class_id]
         assert set(result["maps"]) == set(top3[:2] + [class_id])
-        assert result["maps"][class_id]["score"] == pytest.approx(float(logits.softmax(-1)[class_id]), abs=1e-5)
+        probability = torch.tensor(result["maps"][class_id]["score"])
+        assert_matches_truth(probability, logits.softmax(-1)[class_id], "probability")
+
+
+# ---------------------------------------------------------------- bfloat16-loaded models
+
+
+def tiny_intr(dtype=torch.float32):
+    torch.manual_seed(0)
+    return IntrForImageClassification(tiny_config()).eval().to(dtype)
+
+
+def test_explain_works_with_a_bfloat16_model_and_returns_float32_maps():
+    images = [np.random.default_rng(seed).integers(0, 256, (40 + 8 * seed, 48, 3), dtype=np.uint8) for seed in (0, 1)]
+    processor = IntrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    exact = explain(tiny_intr(), processor, images, class_ids=[[0, 3], 4], top_q=0)
+    results = explain(tiny_intr(torch.bfloat16), processor, images, class_ids=[[0, 3], 4], top_q=0)
+    for result, reference_result in zip(results, exact):
+        for class_id, maps in result["maps"].items():
+            for key in ("heads", "average", "heads_resized", "average_resized"):
+                assert maps[key].dtype == torch.float32, key
+            # bfloat16 keeps 8 bits of mantissa: the maps agree with float32 to a few percent of their scale
+            torch.testing.assert_close(maps["heads"], reference_result["maps"][class_id]["heads"], atol=0.05, rtol=0.1)
+        assert isinstance(result["predictions"][0]["score"], float)
+
+
+def test_evaluate_explanations_works_with_a_bfloat16_model():
+    image = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    saliency = [torch.rand(3, 4, generator=torch.Generator().manual_seed(1))]
+    result = evaluate_explanations(tiny_intr(torch.bfloat16), image, {"map": saliency}, [1], steps=4, batch_size=8)
+    curve = result["methods"]["map"]["deletion_curve"]
+    assert len(curve) == 5 and all(0 <= p <= 1 for p in curve)
+    with torch.no_grad():
+        full = tiny_intr()(pixel_values=image).logits.softmax(-1)[0, 1]
+    assert curve[0] == pytest.approx(float(full), abs=0.05)  # step 0 is the unmasked image
 
 
 # ---------------------------------------------------------------- ViT family: rollout from the formula
@@ -148,7 +199,17 @@ def test_attention_rollout_matches_the_formula(head_fusion, discard_ratio):
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
 
 
-def test_gradient_rollout_pairs_each_layer_with_its_own_gradient():
+# Gradient rollout's head fusion, written from the two definitions (per layer, one image: heads x tokens x tokens).
+GRADIENT_FUSIONS_FROM_DEFINITION = {
+    # jacobgil/vit-explain: (attention * gradient).mean over heads, then negatives set to zero
+    "mean_then_clip": lambda weighted: np.maximum(weighted.mean(0), 0.0),
+    # Chefer et al.: negatives set to zero in every head, then the mean over heads
+    "clip_then_mean": lambda weighted: np.maximum(weighted, 0.0).mean(0),
+}
+
+
+@pytest.mark.parametrize("fusion", ["mean_then_clip", "clip_then_mean"])
+def test_gradient_rollout_pairs_each_layer_with_its_own_gradient(fusion):
     model = tiny_vit()
     with torch.no_grad():  # large logits -> large gradients, so the attention term is not swamped by the identity
         model.classifier.weight.mul_(1000)
@@ -157,15 +218,29 @@ def test_gradient_rollout_pairs_each_layer_with_its_own_gradient():
     outputs = model(pixel_values=pixel_values, output_attentions=True)
     attentions, logits = outputs.attentions, outputs.logits
     gradients = torch.autograd.grad(logits[[0, 1], class_ids].sum(), attentions)
+    fuse = GRADIENT_FUSIONS_FROM_DEFINITION[fusion]
 
     def weighted(pairs):
-        return [(a * g).clamp(min=0) for a, g in pairs]
+        return [a * g for a, g in pairs]
 
-    expected = rollout_from_formula(weighted(zip(attentions, gradients)), 1, FUSIONS["mean"], 0.2).view(2, 4, 4)
-    mirrored = rollout_from_formula(weighted(zip(attentions, gradients[::-1])), 1, FUSIONS["mean"], 0.2).view(2, 4, 4)
-    result = gradient_rollout(model, pixel_values, class_ids, discard_ratio=0.2)
+    expected = rollout_from_formula(weighted(zip(attentions, gradients)), 1, fuse, 0.2).view(2, 4, 4)
+    mirrored = rollout_from_formula(weighted(zip(attentions, gradients[::-1])), 1, fuse, 0.2).view(2, 4, 4)
+    arguments = {} if fusion == "mean_then_clip" else {"fusion": fusion}  # vit-explain's order is the default
+    result = gradient_rollout(model, pixel_values, class_ids, discard_ratio=0.2, **arguments)
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
     assert (result - mirrored).abs().max() > 1e-3  # the mirrored pairing of the common implementation differs
+
+
+def test_gradient_rollout_fusion_orders_differ_and_unknown_order_is_refused():
+    model = tiny_vit()
+    with torch.no_grad():
+        model.classifier.weight.mul_(1000)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    default = gradient_rollout(model, pixel_values, [2, 0])
+    chefer = gradient_rollout(model, pixel_values, [2, 0], fusion="clip_then_mean")
+    assert (default - chefer).abs().max() > 1e-3  # the test above pins each; here: the option changes the result
+    with pytest.raises(ValueError, match="mean_then_clip"):
+        gradient_rollout(model, pixel_values, [2, 0], fusion="clip")
 
 
 def test_rollouts_of_a_batch_equal_one_by_one():
@@ -214,6 +289,7 @@ class QuadrantModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.calls = 0
+        self.largest_batch = 0
         self.register_buffer("anchor", torch.zeros(()))
 
     @property
@@ -222,6 +298,7 @@ class QuadrantModel(torch.nn.Module):
 
     def forward(self, pixel_values):
         self.calls += 1
+        self.largest_batch = max(self.largest_batch, len(pixel_values))
         evidence = 20 * pixel_values[:, :, :8, :8].mean((1, 2, 3)) - 10
         return SimpleNamespace(logits=torch.stack([evidence, torch.zeros_like(evidence)], dim=1))
 
@@ -246,6 +323,18 @@ def test_deletion_and_insertion_rank_a_known_answer(baseline):
     assert methods["right"]["deletion_curve"][0] == pytest.approx(methods["right"]["insertion_curve"][-1])
 
 
+def test_deletion_and_insertion_hold_at_most_one_batch_of_masked_copies():
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = {name: [torch.rand(4, 4, generator=torch.Generator().manual_seed(seed))] for seed, name in enumerate("abc")}
+    model = QuadrantModel()
+    chunked = evaluate_explanations(model, image, maps, [0], steps=10, baseline="mean", batch_size=5)
+    assert model.largest_batch == 5 and model.calls == math.ceil(4 * 2 * 11 / 5)  # 3 maps + random, 2 kinds, 11 steps
+    whole = evaluate_explanations(QuadrantModel(), image, maps, [0], steps=10, baseline="mean", batch_size=1000)
+    for name, numbers in whole["methods"].items():
+        for key in ("deletion_curve", "insertion_curve"):
+            assert chunked["methods"][name][key] == pytest.approx(numbers[key], abs=1e-6), (name, key)
+
+
 def test_pointing_game_and_mass_in_box():
     attention = torch.zeros(10, 20)
     attention[2, 15] = 3.0
@@ -255,154 +344,3 @@ def test_pointing_game_and_mass_in_box():
     scores = localization_scores({"map": attention}, [0, 0, 10, 5])
     assert scores["map"] == {"pointing_game": False, "mass_in_box": 0.0}
     assert scores["random"]["pointing_game"] == pytest.approx(50 / 200)
-
-
-# ---------------------------------------------------------------- command line (tiny random models: plumbing only)
-
-
-LABELS = {0: "zero", 1: "one", 2: "two"}
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A tiny random INTR and ViT saved with their processors, and a 3-class image-folder dataset with boxes."""
-    from transformers import ResNetConfig, ViTImageProcessor
-
-    from modeling_intr import IntrConfig, IntrForImageClassification
-
-    root = tmp_path_factory.mktemp("visualize")
-    torch.manual_seed(0)
-    intr = IntrForImageClassification(IntrConfig(
-        backbone_config=ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[16, 32, 64],
-                                     embedding_size=16, out_features=["stage3"]),
-        d_model=32, num_attention_heads=4, encoder_layers=1, decoder_layers=2, ffn_dim=64, id2label=LABELS,
-    ))
-    intr.save_pretrained(root / "intr")
-    IntrImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "intr")
-    vit = ViTForImageClassification(ViTConfig(
-        image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, id2label=LABELS,
-    ))
-    vit.save_pretrained(root / "vit")
-    ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "vit")
-    split = root / "data" / "digits" / "val"
-    rng = np.random.default_rng(0)
-    records = []
-    for index in range(6):
-        file_name = f"{index % 3}/{index:02d}.png"
-        (split / file_name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (48 + 8 * (index % 2), 64, 3), dtype=np.uint8)).save(split / file_name)
-        records.append({"file_name": file_name, "bbox": [4, 6, 30, 40]})
-    (split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return root
-
-
-def check_summary(path, kind, true_class=None):
-    summary = json.loads(path.read_text())
-    height, width = summary["image_size"]
-    assert summary["kind"] == kind and summary["true_class"] == true_class
-    assert [p["label"] for p in summary["predictions"]] == [LABELS[p["class_id"]] for p in summary["predictions"]]
-    scores = [p["score"] for p in summary["predictions"]]
-    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
-    assert summary["explained_class"]["label"] == LABELS[summary["explained_class"]["class_id"]]
-    names = ["head 0", "head 1", "head 2", "head 3", "head average"] if kind == "intr" else [
-        "attention rollout", "gradient rollout"]
-    assert [m["name"] for m in summary["maps"]] == names
-    for entry in summary["maps"]:
-        assert 0 <= entry["peak"][0] < width and 0 <= entry["peak"][1] < height
-        if summary["bbox"] is None:
-            assert entry["mass_in_box"] is None and entry["peak_in_box"] is None
-        else:
-            assert 0 <= entry["mass_in_box"] <= 1 and isinstance(entry["peak_in_box"], bool)
-    return summary
-
-
-INTR_FILES = {"head_0.png", "head_1.png", "head_2.png", "head_3.png", "head_average.png", "heads_panel.png",
-              "top_q_panel.png", "summary.json"}
-
-
-def test_command_line_on_an_image_with_a_box_and_labelled_titles(workspace, tmp_path, monkeypatch):
-    from modeling_intr import visualize
-
-    titles = []
-
-    def record(draw):
-        def wrapper(*args):
-            figure = draw(*args)
-            titles.append(" | ".join([figure._suptitle.get_text()] + [a.get_title() + a.get_ylabel() for a in figure.axes]))
-            return figure
-        return wrapper
-
-    monkeypatch.setattr(visualize, "draw_maps_panel", record(visualize.draw_maps_panel))
-    monkeypatch.setattr(visualize, "draw_top_q_panel", record(visualize.draw_top_q_panel))
-    image = workspace / "data" / "digits" / "val" / "1" / "01.png"
-    visualize.main([str(image), "--model", str(workspace / "intr"), "--output_dir", str(tmp_path),
-                    "--top_q", "2", "--bbox", "0", "0", "32", "32"])
-    folder = tmp_path / "intr" / "01"
-    assert {p.name for p in folder.iterdir()} == INTR_FILES
-    summary = check_summary(folder / "summary.json", "intr")
-    assert summary["bbox"] == [0, 0, 32, 32] and len(summary["top_q"]) == 2
-    explained = summary["explained_class"]
-    assert f"{explained['label']} ({explained['score']:.2f})" in titles[0] and "head average" in titles[0]
-    assert all(f"{q['label']} ({q['score']:.2f})" in titles[1] for q in summary["top_q"])
-
-
-def test_command_line_on_a_folder_with_intr_and_vit_and_faithfulness(workspace, tmp_path):
-    from modeling_intr.visualize import main
-
-    main([str(workspace / "data" / "digits" / "val"), "--model", str(workspace / "intr"), "--model",
-          str(workspace / "vit"), "--output_dir", str(tmp_path), "--faithfulness", "--steps", "4", "--batch_size", "4"])
-    for index in range(6):
-        name = f"{index % 3}_{index:02d}"
-        assert {p.name for p in (tmp_path / "intr" / name).iterdir()} == INTR_FILES
-        assert {p.name for p in (tmp_path / "vit" / name).iterdir()} == {
-            "attention_rollout.png", "gradient_rollout.png", "panel.png", "summary.json"}
-        assert check_summary(tmp_path / "intr" / name / "summary.json", "intr")["bbox"] == [4, 6, 30, 40]
-        check_summary(tmp_path / "vit" / name / "summary.json", "vit")
-    faithfulness = json.loads((tmp_path / "faithfulness.json").read_text())
-    assert faithfulness["num_images"] == 6 and "blur" in faithfulness["baseline"]
-    assert {"intr: head average", "intr: random", "vit: attention rollout", "vit: gradient rollout",
-            "vit: random"} <= set(faithfulness["methods"])
-    assert (tmp_path / "faithfulness.png").stat().st_size > 0
-    localization = json.loads((tmp_path / "localization.json").read_text())
-    assert localization["num_images"] == 6 and "intr: head 0" in localization["scores"]
-
-
-def test_command_line_on_a_dataset_class(workspace, tmp_path):
-    from modeling_intr.visualize import main
-
-    main(["--model", str(workspace / "intr"), "--output_dir", str(tmp_path), "--dataset_path",
-          str(workspace / "data"), "--dataset_name", "digits", "--split", "val", "--class_index", "1", "--top_q", "0"])
-    folders = sorted(p.name for p in (tmp_path / "intr").iterdir())
-    assert folders == ["1_01", "1_04"]
-    for name in folders:
-        assert {p.name for p in (tmp_path / "intr" / name).iterdir()} == INTR_FILES - {"top_q_panel.png"}
-        summary = check_summary(tmp_path / "intr" / name / "summary.json", "intr", true_class=1)
-        assert summary["explained_class"]["class_id"] == 1 and summary["bbox"] == [4, 6, 30, 40]
-
-
-def test_command_line_on_a_datasets_split(workspace, tmp_path):
-    import datasets
-
-    from modeling_intr.visualize import main
-
-    split = workspace / "data" / "digits" / "val"
-    records = [json.loads(line) for line in (split / "metadata.jsonl").read_text().splitlines()]
-    features = datasets.Features(
-        image=datasets.Image(), label=datasets.ClassLabel(names=list(LABELS.values())),
-        bbox=datasets.Sequence(datasets.Value("float32")),
-    )
-    table = datasets.Dataset.from_dict({
-        "image": [str(split / r["file_name"]) for r in records],
-        "label": [int(r["file_name"].split("/")[0]) for r in records],
-        "bbox": [r["bbox"] for r in records],
-    }, features=features)
-    table.to_parquet(str(tmp_path / "hub" / "data" / "validation-00000-of-00001.parquet"))
-    main(["--model", str(workspace / "intr"), "--output_dir", str(tmp_path / "out"), "--dataset_name",
-          str(tmp_path / "hub"), "--split", "validation", "--class_index", "2", "--top_q", "0", "--no_pictures"])
-    folders = sorted(p.name for p in (tmp_path / "out" / "intr").iterdir())
-    assert folders == ["2_00002", "2_00005"]
-    for name in folders:
-        assert {p.name for p in (tmp_path / "out" / "intr" / name).iterdir()} == {"summary.json"}
-        assert check_summary(tmp_path / "out" / "intr" / name / "summary.json", "intr", true_class=2)["bbox"] == [
-            4, 6, 30, 40]

@@ -13,15 +13,9 @@ import torch
 
 from conftest import FIXTURES, REPO, clean_subprocess_env, requires_fixtures
 from modeling_intr import CheckpointError
-from modeling_intr.checkpoints import load_checkpoint_file
-from modeling_intr.convert import (
-    LAYOUTS,
-    convert_checkpoint,
-    convert_to_model,
-    detect_layout,
-    expand_class_queries,
-    split_hf_detr_state_dict,
-)
+from modeling_intr.checkpoint_io import load_checkpoint_file
+from modeling_intr.checkpoint_layouts import LAYOUTS, detect_layout, map_to_intr_names
+from modeling_intr.convert import convert_checkpoint, convert_to_model, expand_class_queries
 from modeling_intr.image_folders import labels_from_image_folder, read_labels_file
 
 sys.path.insert(0, str(REPO))
@@ -206,14 +200,15 @@ def test_hf_layouts_accept_transformers_v5_spellings(file_stem):
     v4 = {name: tensor for name, tensor in v4.items() if not name.startswith(("class_labels", "bbox_predictor"))}
     v5 = v5_names(v4)
     assert set(v5) != set(v4) and not any("conv_encoder" in name or "out_proj" in name for name in v5)
-    assert detect_layout(v5) == detect_layout(v4)
-    reference_v4, intr_v4 = split_hf_detr_state_dict(v4)
-    reference_v5, intr_v5 = split_hf_detr_state_dict(v5)
-    assert set(reference_v5) == set(reference_v4) and set(intr_v5) == set(intr_v4)
+    layout = detect_layout(v4)
+    assert detect_layout(v5) == layout
+    intr_v4, _ = map_to_intr_names(v4, layout)
+    intr_v5, _ = map_to_intr_names(v5, layout)
+    assert set(intr_v5) == set(intr_v4) and len(intr_v4) == len(v4)  # one INTR name per source name, both spellings
     learned = {"model.backbone.position_embedding.row_embeddings.weight": torch.empty(50, 128, device="meta"),  # v4
                "model.position_embedding.column_embeddings.weight": torch.empty(50, 128, device="meta")}  # v5
-    reference, _ = split_hf_detr_state_dict(v5 | learned)
-    assert {"backbone.1.row_embed.weight", "backbone.1.col_embed.weight"} <= set(reference)
+    intr, _ = map_to_intr_names(v5 | learned, layout)
+    assert {"model.position_embedding.row_embeddings.weight", "model.position_embedding.column_embeddings.weight"} <= set(intr)
 
 
 def test_hf_detr_model_converts_to_the_same_encoder(tmp_path):

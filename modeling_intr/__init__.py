@@ -11,7 +11,14 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .checkpoint_io import CheckpointError, NotACheckpointError, UnsafeCheckpointError
 from .checkpoint_config import MissingConfigValueError
-from .checkpoints import Conversion, ConversionSummary, LabelsError, convert, convert_to_model, load_reference_checkpoint
+from .checkpoints import (
+    Conversion,
+    ConversionSummary,
+    LabelsError,
+    convert_to_model,
+    convert_with_summary,
+    load_reference_checkpoint,
+)
 from .configuration_intr import IntrConfig, resnet_backbone_config
 from .image_processing_intr import IntrImageProcessor
 from .interpret import (
@@ -58,8 +65,8 @@ __all__ = [
     "NotACheckpointError",
     "UnsafeCheckpointError",
     "attention_rollout",
-    "convert",
     "convert_to_model",
+    "convert_with_summary",
     "evaluate_explanations",
     "explain",
     "gradient_rollout",

@@ -112,7 +112,7 @@ def build_config(
     from_keys = values_from_keys(weights)
     origins = {name: (value, KEYS) for name, value in from_keys.items()}
     if from_keys["backbone"] in ("resnet18", "resnet34"):
-        origins["dilation"] = (False, KEYS + " (ResNet-18/34 cannot be dilated)")
+        origins["dilation"] = (False, KEYS + ": ResNet-18/34 cannot be dilated")
     if _is_release_architecture(from_keys):
         origins.update({name: (value, LAYOUT_DEFAULT) for name, value in RELEASE_DEFAULTS.items()})
     origins.update({name: (value, recorded_in) for name, value in recorded.items()})
@@ -128,7 +128,7 @@ def build_config(
             f"{', '.join(f'{name}=...' for name in missing)} (on the command line {options})."
         )
     for name in ("dropout", "attention_dropout"):
-        origins.setdefault(name, (0.1, DEFAULT + " (the reference's)"))
+        origins.setdefault(name, (0.1, DEFAULT + ": the reference's"))
     arguments = {name: value for name, (value, _) in origins.items() if name != "backbone"}
     config = IntrConfig(
         backbone_config=resnet_backbone_config(from_keys["backbone"]),

@@ -82,14 +82,23 @@ def _format_of(path: Path) -> str:
     if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         kind = "a WebP image"
     if kind is None:
-        try:
-            head.decode("utf-8")
-            kind = "a text file"
-        except UnicodeDecodeError:
-            kind = f"in an unknown format (first bytes {head[:8].hex(' ')})"
+        kind = "a text file" if _looks_like_text(path) else f"in an unknown format (first bytes {head[:8].hex(' ')})"
     raise NotACheckpointError(
         f"{path} is not a checkpoint: it is {kind}. Pass a torch.save file (.pth / .bin) or a .safetensors file."
     )
+
+
+def _looks_like_text(path: Path) -> bool:
+    """Whether the file starts with printable UTF-8 text (a multi-byte character may be cut at the end)."""
+    with path.open("rb") as file:
+        head = file.read(512)
+    for cut in range(4):
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return all(character.isprintable() or character in "\t\r\n" for character in text)
+    return False
 
 
 def _torch_reason(error: Exception) -> str:

@@ -3,7 +3,7 @@
     read safely -> detect the layout -> map every name to INTR's -> config -> class queries -> presence head -> weights
     (checkpoint_io)  (checkpoint_layouts: detect_layout, map_to_intr_names)  (checkpoint_config)   (this module)
 
-`convert(...)` runs it and returns a `Conversion` (the model and its `ConversionSummary`); `convert_to_model` and
+`convert_with_summary(...)` runs it and returns a `Conversion` (the model and its `ConversionSummary`); `convert_to_model` and
 `load_reference_checkpoint` are thin entry points on it. Copied tensors keep their bits (float16 sources are cast
 exactly to float32). DETR's object queries become one query per class (`expand_class_queries`), DETR's detection heads
 are dropped and the presence head is new; an INTR checkpoint keeps both. Writing a Hub folder is `convert.py`'s job.
@@ -80,7 +80,7 @@ class ConversionSummary:
 
 @dataclass
 class Conversion:
-    """The result of `convert`: the model (float32, eval mode) and what was done to make it."""
+    """The result of `convert_with_summary`: the model (float32, eval mode) and what was done to make it."""
 
     model: IntrForImageClassification
     summary: ConversionSummary
@@ -208,7 +208,7 @@ def _notes(origins: Mapping[str, tuple[object, str]]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- entry points
 
 
-def convert(
+def convert_with_summary(
     checkpoint: str | Path | Mapping,
     *,
     id2label: Mapping[int, str] | Sequence[str] | None = None,
@@ -267,7 +267,7 @@ def convert(
         name: value for name, value in origins.items() if name != "backbone"
     }
     given_labels = id2label is not None or num_labels is not None
-    origins["num_labels"] = (len(labels), GIVEN if given_labels else "keys (the checkpoint's class queries)")
+    origins["num_labels"] = (len(labels), GIVEN if given_labels else "keys: the checkpoint's class queries")
     summary = ConversionSummary(
         source=source.name,
         sha256=source.sha256,
@@ -283,8 +283,8 @@ def convert(
 
 
 def convert_to_model(checkpoint: str | Path | Mapping, **options) -> IntrForImageClassification:
-    """`convert(checkpoint, **options).model` (see `convert` for the options), logging the summary at INFO level."""
-    conversion = convert(checkpoint, **options)
+    """`convert_with_summary(checkpoint, **options).model` (see there for the options), logging the summary at INFO level."""
+    conversion = convert_with_summary(checkpoint, **options)
     logger.info("%s", conversion.summary)
     return conversion.model
 
@@ -294,11 +294,11 @@ def load_reference_checkpoint(checkpoint: str | Path | Mapping, **config_overrid
     An `IntrForImageClassification` (eval mode, float32) from an authors' INTR checkpoint: a file path, or the loaded
     `{"model": ..., "args": ...}` dict. `config_overrides` go to the config (`id2label`, or values the file does not
     record, e.g. `num_attention_heads`). Every key must be accounted for: a missing or unexpected key raises
-    `CheckpointError` naming it. `convert` with `layouts=("intr_reference",)`.
+    `CheckpointError` naming it. `convert_with_summary` with `layouts=("intr_reference",)`.
     """
     labels = config_overrides.pop("id2label", None)
     config_overrides.pop("label2id", None)  # follows from id2label
     num_labels = config_overrides.pop("num_labels", None)
-    return convert(
+    return convert_with_summary(
         checkpoint, id2label=labels, num_labels=num_labels, layouts=("intr_reference",), **config_overrides
     ).model

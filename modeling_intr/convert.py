@@ -1,6 +1,6 @@
 """Convert DETR and INTR checkpoints into Hub-ready INTR folders (the library of `convert_detr_checkpoint.py`).
 
-`convert_checkpoint` = the conversion pipeline (`checkpoints.convert`) + the folder: `config.json` (with `auto_map`),
+`convert_checkpoint` = the conversion pipeline (`checkpoints.convert_with_summary`) + the folder: `config.json` (with `auto_map`),
 `model.safetensors`, `preprocessor_config.json`, the code bundle and a model card (`model_card.intr_model_card`),
 written atomically (`hub_folder`), then optionally uploaded.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from .checkpoint_layouts import LAYOUTS, detect_layout
-from .checkpoints import ConversionSummary, convert, convert_to_model, expand_class_queries
+from .checkpoints import ConversionSummary, convert_to_model, convert_with_summary, expand_class_queries
 from .hub_folder import (
     OutputDirError,
     PushToHubError,
@@ -65,7 +65,7 @@ def convert_checkpoint(
     **config_overrides,
 ) -> IntrForImageClassification:
     """
-    Convert a checkpoint (see `checkpoints.convert` for the arguments) and write a Hub-ready folder.
+    Convert a checkpoint (see `checkpoints.convert_with_summary` for the arguments) and write a Hub-ready folder.
 
     The folder is written to a hidden sibling and renamed to `output_dir` only when complete (staging folders left by
     a killed earlier run are removed first); an existing non-empty `output_dir` needs `overwrite=True`, and a path that
@@ -77,7 +77,7 @@ def convert_checkpoint(
     check_output_dir(output_dir, overwrite)
     if not isinstance(checkpoint, Mapping) and output_dir.resolve() in Path(checkpoint).resolve().parents:
         raise OutputDirError(f"The checkpoint {checkpoint} is inside --output_dir {output_dir}, which would replace it.")
-    conversion = convert(
+    conversion = convert_with_summary(
         checkpoint, id2label=id2label, num_labels=num_labels, noise_frac=noise_frac, seed=seed,
         reinit_class_queries=reinit_class_queries, **config_overrides,
     )
@@ -105,9 +105,9 @@ __all__ = [
     "OutputDirError",
     "PushToHubError",
     "conversion_card",
-    "convert",
     "convert_checkpoint",
     "convert_to_model",
+    "convert_with_summary",
     "detect_layout",
     "expand_class_queries",
     "push_folder_to_hub",

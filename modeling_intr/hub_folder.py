@@ -55,6 +55,13 @@ def remove_stale_staging(output_dir: Path) -> list[Path]:
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Raise `OutputDirError` unless `output_dir` can become the written folder."""
+    try:
+        _check_output_dir(output_dir, overwrite)
+    except OSError as error:  # a name too long, a component that is not a folder, no permission to look
+        raise OutputDirError(f"Output {output_dir} cannot be a folder: {error.strerror or error}.") from None
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputDirError(f"Output {output_dir} is an existing file, not a folder: choose another --output_dir.")
     ancestor = output_dir.parent

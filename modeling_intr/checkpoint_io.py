@@ -111,8 +111,13 @@ def _torch_reason(error: Exception) -> str:
 
 def _check_globals(path: Path) -> None:
     """Refuse a torch.save archive whose pickle imports anything beyond torch's allowlist and `SAFE_GLOBALS`."""
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    try:  # a static scan of the pickle's opcodes: nothing is imported or run
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (RuntimeError, ValueError, EOFError, KeyError, IndexError, OSError, pickle.UnpicklingError) as error:
+        raise NotACheckpointError(
+            f"{path} is not a readable PyTorch checkpoint: it is truncated or damaged ({_torch_reason(error)})."
+        ) from None
     if unsafe:
         raise UnsafeCheckpointError(
             f"Refusing to load {path}: it is unsafe, unpickling it would import {', '.join(sorted(unsafe))}, outside "

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -69,8 +70,12 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise OutputDirError(f"Output {output_dir} cannot be created: {ancestor} is a file, not a folder.")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputDirError(f"Output {output_dir} cannot be created: {ancestor} is not writable.")
+    try:  # a real write, which also holds for root and read-only file systems (os.access does not)
+        os.rmdir(tempfile.mkdtemp(prefix=".intr-write-test-", dir=ancestor))
+    except OSError as error:
+        raise OutputDirError(
+            f"Output {output_dir} cannot be created: {ancestor} is not writable ({error.strerror or error})."
+        ) from None
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise OutputDirError(
             f"Output folder {output_dir} exists and is not empty: pass --overwrite (overwrite=True) to replace it."

@@ -649,7 +649,8 @@ def test_output_paths_that_cannot_be_a_folder_are_clear_errors(detr_r18, tmp_pat
     a_file = tmp_path / "a_file"
     a_file.write_text("user data")
     cases = [(a_file, "is an existing file"), (a_file / "out", "a_file is a file"),
-             (tmp_path / ("x" * 300), "cannot be a folder: File name too long")]
+             (tmp_path / ("x" * 300), "cannot be a folder: File name too long"),
+             (Path("/sys/intr-out"), "/sys is not writable")]  # sysfs: not writable, even for root
     for output, message in cases:
         with pytest.raises(OutputDirError, match=message):
             convert_checkpoint(detr_r18, output, num_labels=3)

@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint_io import CheckpointError
 from .configuration_intr import IntrConfig, resnet_backbone_config, resnet_name
+from .model_card import backbone_title
 
 KEYS, ARGS, HF_CONFIG, LAYOUT_DEFAULT, GIVEN, DEFAULT = (
     "keys", "the checkpoint's args", "config.json", "layout default", "command line / argument", "default"
@@ -98,11 +99,13 @@ def build_config(
     recorded_in: str | None,
     given: Mapping,
     id2label: Mapping[int, str],
+    labels_origin: str,
     source_name: str,
 ) -> tuple[IntrConfig, dict[str, tuple[object, str]]]:
     """
-    The `IntrConfig` of INTR-named `weights` and the origin of each value: `{name: (value, origin)}`, origin one of
-    keys / the checkpoint's args / config.json / layout default / given / default. `given` (the caller's values) wins
+    The `IntrConfig` of INTR-named `weights` for the classes `id2label` and the origin of each value:
+    `{name: (value, origin)}`, origin one of keys / the checkpoint's args / config.json / layout default /
+    command line / argument / default (`labels_origin` for the class count). `given` (the caller's values) wins
     over `recorded`, which wins over what a release layout implies. Raises `MissingConfigValueError` for a value that
     changes the outputs and has no source, and `ValueError` for an unknown `IntrConfig` argument in `given`.
     """
@@ -142,4 +145,6 @@ def build_config(
             f"{config.num_attention_heads} attention heads ({origins['num_attention_heads'][1]}) do not divide "
             f"d_model {config.d_model}."
         )
+    origins["backbone"] = (backbone_title(config), KEYS)  # "ResNet-50 (DC5)" rather than the preset name
+    origins["num_labels"] = (len(id2label), labels_origin)
     return config, origins

@@ -20,7 +20,6 @@ import torch
 from .checkpoint_config import GIVEN, LAYOUT_DEFAULT, build_config, recorded_values
 from .checkpoint_io import CheckpointError, read_checkpoint
 from .checkpoint_layouts import LAYOUTS, detect_layout, map_to_intr_names
-from .model_card import backbone_title
 from .modeling_intr import IntrForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -254,7 +253,10 @@ def convert_with_summary(
     num_queries = weights["model.class_queries.weight"].shape[0]
     labels = class_names(id2label, num_labels, num_queries, is_intr, reinit_class_queries)
     recorded, recorded_in = recorded_values(source.args, source.hf_config)
-    config, origins = build_config(weights, recorded, recorded_in, config_overrides, labels, source.name)
+    labels_origin = GIVEN if id2label is not None or num_labels is not None else "keys: the checkpoint's class queries"
+    config, origins = build_config(
+        weights, recorded, recorded_in, config_overrides, labels, labels_origin, source.name
+    )
 
     generator = torch.Generator().manual_seed(seed)
     replace = is_intr and len(labels) != num_queries
@@ -263,11 +265,6 @@ def convert_with_summary(
     model = IntrForImageClassification(config)
     load_intr_weights(model, weights)
 
-    origins = {"backbone": (backbone_title(config), origins["backbone"][1])} | {
-        name: value for name, value in origins.items() if name != "backbone"
-    }
-    given_labels = id2label is not None or num_labels is not None
-    origins["num_labels"] = (len(labels), GIVEN if given_labels else "keys: the checkpoint's class queries")
     summary = ConversionSummary(
         source=source.name,
         sha256=source.sha256,

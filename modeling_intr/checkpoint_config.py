@@ -50,15 +50,21 @@ def _backbone_from_keys(weights: Mapping[str, torch.Tensor]) -> str:
     return name
 
 
+def _size(weights: Mapping[str, torch.Tensor], name: str, dim: int) -> int:
+    if name not in weights or weights[name].dim() <= dim:
+        raise CheckpointError(f"The checkpoint has no (or a malformed) {name}, which gives the model's size.")
+    return weights[name].shape[dim]
+
+
 def values_from_keys(weights: Mapping[str, torch.Tensor]) -> dict:
     """The `IntrConfig` values the INTR-named weights show: backbone, sizes, depths, norm order, position embedding."""
     return dict(
         backbone=_backbone_from_keys(weights),
         position_embedding_type="learned" if "model.position_embedding.row_embeddings.weight" in weights else "sine",
-        d_model=weights["model.class_queries.weight"].shape[1],
+        d_model=_size(weights, "model.class_queries.weight", 1),
         encoder_layers=_count(weights, r"^model\.encoder\.layers\.(\d+)\."),
         decoder_layers=_count(weights, r"^model\.decoder\.layers\.(\d+)\."),
-        ffn_dim=weights["model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        ffn_dim=_size(weights, "model.encoder.layers.0.mlp.fc1.weight", 0),
         pre_norm="model.encoder.layer_norm.weight" in weights,  # the reference has an encoder norm only in pre-norm
     )
 

@@ -1,10 +1,10 @@
 """DETR and INTR checkpoints into `IntrForImageClassification`: one pipeline, two entry points.
 
-    read safely -> detect the layout -> map every name to INTR's -> config -> class queries -> presence head -> weights
-    (checkpoint_io)  (checkpoint_layouts: detect_layout, map_to_intr_names)  (checkpoint_config)   (this module)
+    read safely         -> detect the layout -> map every name to INTR's -> config     -> queries, presence head, weights
+    checkpoint_io          checkpoint_layouts   checkpoint_layouts            checkpoint_config  this module
 
-`convert_with_summary(...)` runs it and returns a `Conversion` (the model and its `ConversionSummary`); `convert_to_model` and
-`load_reference_checkpoint` are thin entry points on it. Copied tensors keep their bits (float16 sources are cast
+`convert_with_summary(...)` runs it and returns a `Conversion` (the model and its `ConversionSummary`);
+`convert_to_model` and `load_reference_checkpoint` are thin entry points on it. Copied tensors keep their bits (float16 sources are cast
 exactly to float32). DETR's object queries become one query per class (`expand_class_queries`), DETR's detection heads
 are dropped and the presence head is new; an INTR checkpoint keeps both. Writing a Hub folder is `convert.py`'s job.
 """
@@ -195,6 +195,7 @@ def load_intr_weights(model: IntrForImageClassification, weights: dict[str, torc
 
 
 def _notes(origins: Mapping[str, tuple[object, str]]) -> list[str]:
+    """What the summary should point out: values taken from the layout rather than recorded in the file."""
     notes = []
     if origins.get("dilation", (None, ""))[1] == LAYOUT_DEFAULT:
         notes.append("dilation is not recorded in this file: off, as in the non-DC5 releases (pass --dilation for a "

@@ -6,8 +6,9 @@
 For each layout of `../shared/fixtures/checkpoint_layouts`, writes a checkpoint of random float32 weights with exactly
 the real release's names and shapes (`.pth` with `args` for the reference layouts, `.safetensors` for the Hugging Face
 ones), then converts it in a fresh subprocess with `convert_checkpoint`: the whole pipeline (read safely, detect the
-layout, map the names, config, class queries, build the model) and the atomic folder write with its model card. Reported: wall time of the conversion, and peak resident memory above the process's
-resident memory after the imports (Linux `/proc/self/status` VmHWM, reset after the imports), against the file size.
+layout, map the names, config, class queries, build the model) and the atomic folder write with its model card.
+Reported: wall time of the conversion, and peak resident memory above the process's resident memory after the imports
+(Linux `/proc/self/status` VmHWM, reset after the imports), against the file size.
 """
 
 import argparse

@@ -2,8 +2,9 @@
 
 Sizes, depths, backbone, normalisation order and position embedding are read from the (INTR-named) weights. What the
 weights cannot show and that changes the outputs (attention heads, DC5 dilation) comes from the checkpoint's record
-(the reference's `args`, a Hugging Face `config.json`), else from the caller; a DETR release architecture (ResNet-50/101,
-d_model 256, 6 + 6 layers, FFN 2048: every DETR, INTR and Hugging Face DETR release) implies DETR's 8 heads. Nothing
+(the reference's `args`, a Hugging Face `config.json`), else from the caller; a DETR release architecture
+(ResNet-50/101, d_model 256, 6 + 6 layers, FFN 2048: every DETR, INTR and Hugging Face DETR release) implies DETR's
+8 heads (and no dilation: the DC5 releases record it). Nothing
 that changes the outputs is guessed: a value that is neither recorded nor implied must be given.
 """
 
@@ -42,7 +43,8 @@ def _backbone_from_keys(weights: Mapping[str, torch.Tensor]) -> str:
         if match:
             stage, block = int(match.group(1)), int(match.group(2))
             blocks[stage] = max(blocks.get(stage, 0), block + 1)
-    layer_type = "bottleneck" if "model.backbone.model.encoder.stages.0.layers.0.layer.2.convolution.weight" in weights else "basic"
+    third_convolution = "model.backbone.model.encoder.stages.0.layers.0.layer.2.convolution.weight"
+    layer_type = "bottleneck" if third_convolution in weights else "basic"
     depths = [blocks[stage] for stage in sorted(blocks)]
     name = resnet_name(layer_type, depths) if sorted(blocks) == [0, 1, 2, 3] else None
     if name is None:
@@ -70,7 +72,7 @@ def values_from_keys(weights: Mapping[str, torch.Tensor]) -> dict:
 
 
 def recorded_values(args: argparse.Namespace | None, hf_config: Mapping | None) -> tuple[dict, str | None]:
-    """`(values, where)`: what the reference's `args` or a Hugging Face DETR `config.json` record, as IntrConfig names."""
+    """`(values, where)`: what the reference's `args` or a Hugging Face DETR `config.json` record (IntrConfig names)."""
     values = {}
     if args is not None:
         for source, target in (("nheads", "num_attention_heads"), ("dilation", "dilation"), ("dropout", "dropout")):
@@ -84,7 +86,9 @@ def recorded_values(args: argparse.Namespace | None, hf_config: Mapping | None) 
     if hf_config is not None:
         heads = {hf_config[key] for key in ("encoder_attention_heads", "decoder_attention_heads") if key in hf_config}
         if len(heads) > 1:
-            raise CheckpointError(f"config.json: INTR needs equal encoder and decoder attention heads, got {sorted(heads)}.")
+            raise CheckpointError(
+                f"config.json: INTR needs equal encoder and decoder attention heads, got {sorted(heads)}."
+            )
         if heads:
             values["num_attention_heads"] = heads.pop()
         if "dilation" in hf_config:

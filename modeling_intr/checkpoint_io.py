@@ -71,7 +71,9 @@ def _format_of(path: Path) -> str:
     with path.open("rb") as file:
         head = file.read(16)
     if size == 0:
-        raise NotACheckpointError(f"{path} is not a checkpoint: it is empty (0 bytes); the download or copy did not finish.")
+        raise NotACheckpointError(
+            f"{path} is not a checkpoint: it is empty (0 bytes); the download or copy did not finish."
+        )
     if head.startswith(b"PK\x03\x04"):
         return "torch_zip"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -194,7 +196,8 @@ def _weights_file_in(folder: Path) -> Path:
         return weights[0]
     if any(folder.glob("*.index.json")):
         raise CheckpointError(f"{folder} holds sharded weights, which are not supported: merge them into one file.")
-    candidates = sorted(path.name for path in folder.iterdir() if path.suffix in (".pth", ".pt", ".bin", ".safetensors"))
+    suffixes = (".pth", ".pt", ".bin", ".safetensors")
+    candidates = sorted(path.name for path in folder.iterdir() if path.suffix in suffixes)
     found = f"; it holds {', '.join(candidates)}" if candidates else ""
     raise CheckpointError(
         f"{folder} is a folder, not a checkpoint file, and has no {' or '.join(HF_WEIGHTS_FILES)} (a Hugging Face "

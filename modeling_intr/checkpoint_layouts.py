@@ -44,7 +44,9 @@ _TRANSFORMERS_RESNET = re.compile(
 )
 
 # the reference's (DETR's) transformer -> INTR
-_REFERENCE_PACKED = re.compile(r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|multihead_attn)\.in_proj_(weight|bias)$")
+_REFERENCE_PACKED = re.compile(
+    r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|multihead_attn)\.in_proj_(weight|bias)$"
+)
 _REFERENCE_RENAMES = [
     (r"^backbone\.1\.row_embed\.", "model.position_embedding.row_embeddings."),
     (r"^backbone\.1\.col_embed\.", "model.position_embedding.column_embeddings."),
@@ -54,7 +56,8 @@ _REFERENCE_RENAMES = [
     (r"^transformer\.encoder\.norm\.", "model.encoder.layer_norm."),
     (r"^transformer\.decoder\.norm\.", "model.decoder.layer_norm."),
     (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.out_proj\.", r"model.\1.layers.\2.self_attn.o_proj."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.multihead_attn\.out_proj\.", r"model.decoder.layers.\1.cross_attn.o_proj."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.multihead_attn\.out_proj\.",
+     r"model.decoder.layers.\1.cross_attn.o_proj."),
     (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.linear1\.", r"model.\1.layers.\2.mlp.fc1."),
     (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.linear2\.", r"model.\1.layers.\2.mlp.fc2."),
     (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.norm1\.", r"model.\1.layers.\2.self_attn_layer_norm."),
@@ -112,7 +115,7 @@ def _renamed(name: str, renames: list[tuple[str, str]]) -> str | None:
 
 
 def _torchvision_resnet_name(inner: str) -> str | None:
-    """A torchvision/timm ResNet name (`layer3.5.bn2.weight`) as INTR's transformers ResNet names it; None if unknown."""
+    """A torchvision / timm ResNet name (`layer3.5.bn2.weight`) as INTR's transformers ResNet names it, or None."""
     stem = _TORCHVISION_STEM.match(inner)
     if stem:  # conv1 -> embedder.embedder.convolution, bn1 -> .normalization
         kind = "convolution" if stem.group(1) == "conv1" else "normalization"
@@ -124,6 +127,11 @@ def _torchvision_resnet_name(inner: str) -> str | None:
         module = "shortcut" if part.startswith("downsample") else f"layer.{int(part[-1]) - 1}"
         return f"{_BACKBONE}encoder.stages.{int(stage) - 1}.layers.{index}.{module}.{kind}.{tensor}"
     return None
+
+
+def _transformers_resnet_name(inner: str) -> str | None:
+    """A transformers ResNet name (INTR's own backbone names) below the backbone prefix, or None if unknown."""
+    return _BACKBONE + inner if _TRANSFORMERS_RESNET.match(inner) else None
 
 
 def _reference_name(name: str) -> str | tuple[str, ...] | None:
@@ -150,7 +158,7 @@ _NAME_MAPS: dict[str, Callable[[str], str | tuple[str, ...] | None]] = {
     "detr_original": _reference_name,
     "intr_reference": _reference_name,
     "hf_detr_timm": lambda name: _hf_name(name, _torchvision_resnet_name),
-    "hf_detr": lambda name: _hf_name(name, lambda inner: _BACKBONE + inner if _TRANSFORMERS_RESNET.match(inner) else None),
+    "hf_detr": lambda name: _hf_name(name, _transformers_resnet_name),
 }
 
 

@@ -1,12 +1,13 @@
 """DETR and INTR checkpoints into `IntrForImageClassification`: one pipeline, two entry points.
 
-    read safely         -> detect the layout -> map every name to INTR's -> config     -> queries, presence head, weights
-    checkpoint_io          checkpoint_layouts   checkpoint_layouts            checkpoint_config  this module
+    read safely   -> detect the layout -> map every name to INTR's -> config            -> queries, presence, weights
+    checkpoint_io    checkpoint_layouts   checkpoint_layouts            checkpoint_config    this module
 
 `convert_with_summary(...)` runs it and returns a `Conversion` (the model and its `ConversionSummary`);
-`convert_to_model` and `load_reference_checkpoint` are thin entry points on it. Copied tensors keep their bits (float16 sources are cast
-exactly to float32). DETR's object queries become one query per class (`expand_class_queries`), DETR's detection heads
-are dropped and the presence head is new; an INTR checkpoint keeps both. Writing a Hub folder is `convert.py`'s job.
+`convert_to_model` and `load_reference_checkpoint` are thin entry points on it. Copied tensors keep their bits
+(float16 sources are cast exactly to float32). DETR's object queries become one query per class
+(`expand_class_queries`), DETR's detection heads are dropped and the presence head is new; an INTR checkpoint keeps
+both. Writing a Hub folder is `convert.py`'s job.
 """
 
 import logging
@@ -281,7 +282,7 @@ def convert_with_summary(
 
 
 def convert_to_model(checkpoint: str | Path | Mapping, **options) -> IntrForImageClassification:
-    """`convert_with_summary(checkpoint, **options).model` (see there for the options), logging the summary at INFO level."""
+    """`convert_with_summary(checkpoint, **options).model` (see there for the options); logs the summary (INFO)."""
     conversion = convert_with_summary(checkpoint, **options)
     logger.info("%s", conversion.summary)
     return conversion.model

@@ -1,8 +1,8 @@
 """Convert DETR and INTR checkpoints into Hub-ready INTR folders (the library of `convert_detr_checkpoint.py`).
 
-`convert_checkpoint` = the conversion pipeline (`checkpoints.convert_with_summary`) + the folder: `config.json` (with `auto_map`),
-`model.safetensors`, `preprocessor_config.json`, the code bundle and a model card (`model_card.intr_model_card`),
-written atomically (`hub_folder`), then optionally uploaded.
+`convert_checkpoint` = the conversion pipeline (`checkpoints.convert_with_summary`) + the folder: `config.json`
+(with `auto_map`), `model.safetensors`, `preprocessor_config.json`, the code bundle and a model card
+(`model_card.intr_model_card`), written atomically (`hub_folder`), then optionally uploaded.
 """
 
 import logging
@@ -76,7 +76,9 @@ def convert_checkpoint(
     output_dir = Path(os.path.abspath(output_dir))
     check_output_dir(output_dir, overwrite)
     if not isinstance(checkpoint, Mapping) and output_dir.resolve() in Path(checkpoint).resolve().parents:
-        raise OutputDirError(f"The checkpoint {checkpoint} is inside --output_dir {output_dir}, which would replace it.")
+        raise OutputDirError(
+            f"The checkpoint {checkpoint} is inside --output_dir {output_dir}, which would replace it."
+        )
     conversion = convert_with_summary(
         checkpoint, id2label=id2label, num_labels=num_labels, noise_frac=noise_frac, seed=seed,
         reinit_class_queries=reinit_class_queries, **config_overrides,

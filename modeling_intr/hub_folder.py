@@ -5,7 +5,6 @@ crash never leaves a complete-looking folder. A conversion killed outright (SIGK
 staging folder; the next run into the same folder removes the staging folders whose process is gone.
 """
 
-import logging
 import os
 import re
 import shutil
@@ -13,9 +12,6 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
-
 
 class OutputDirError(ValueError):
     """The output path cannot be the folder to write (a file, under a file, unwritable, or holding other files)."""

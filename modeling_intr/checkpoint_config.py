@@ -119,7 +119,8 @@ def build_config(
     over `recorded`, which wins over what a release layout implies. Raises `MissingConfigValueError` for a value that
     changes the outputs and has no source, and `ValueError` for an unknown `IntrConfig` argument in `given`.
     """
-    unknown = sorted(set(given) - (set(IntrConfig.__dataclass_fields__) - {"id2label", "label2id", "num_labels"}))
+    accepted = (set(IntrConfig.__dataclass_fields__) | {"attn_implementation"}) - {"id2label", "label2id", "num_labels"}
+    unknown = sorted(set(given) - accepted)
     if unknown:
         raise ValueError(f"Unknown IntrConfig arguments {unknown} (the labels are id2label / num_labels).")
     from_keys = values_from_keys(weights)

@@ -4,18 +4,16 @@
     python convert_detr_checkpoint.py --checkpoint detr-r50-e632da11.pth --output_dir intr-r50-cub \
         --labels CUB_200_2011/classes.txt
 
-The command line over `modeling_intr.convert.convert_checkpoint`; `--help` lists every option.
+The command line over `modeling_intr.convert.convert_checkpoint`; `--help` lists every option. Every expected
+failure (an unreadable, unsafe or unknown checkpoint, a value it does not record, labels that do not fit, an output
+path that cannot be a folder, a failed upload) prints one `error: ...` line and exits with status 1.
 """
 
 import argparse
 import logging
 import sys
 
-from modeling_intr.convert import (
-    LAYOUTS,
-    PushToHubError,
-    convert_checkpoint,
-)
+from modeling_intr.convert import LAYOUTS, PushToHubError, convert_checkpoint
 from modeling_intr.image_folders import labels_from_image_folder, read_labels_file
 
 ARCHITECTURE_OVERRIDES = ("dilation", "num_attention_heads", "dropout", "attention_dropout")  # IntrConfig arguments
@@ -49,12 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "`hf auth login` or HF_TOKEN).")
     parser.add_argument("--private", action="store_true", help="Create the --push_to_hub repo as private.")
     architecture = parser.add_argument_group(
-        "architecture overrides", "What a checkpoint does not record (default: its args / config.json, else DETR's)."
+        "architecture", "What the weights cannot show. Default: the checkpoint's args / config.json; else, for a DETR "
+        "release architecture (ResNet-50/101, d_model 256, 6 + 6 layers), 8 heads and no dilation; else required. "
+        "The summary says where every value came from."
     )
     architecture.add_argument("--dilation", action=argparse.BooleanOptionalAction, default=None,
                               help="DC5 backbone (stride of the last stage replaced by dilation), e.g. for "
                                    "detr-r50-dc5-f0fb7ef5.pth without args.")
-    architecture.add_argument("--num_attention_heads", type=int, help="Attention heads (DETR: 8).")
+    architecture.add_argument("--num_attention_heads", type=int, help="Attention heads (every DETR / INTR release: "
+                              "8); required when the checkpoint records none and is not a release architecture.")
     architecture.add_argument("--dropout", type=float, help="Dropout for fine-tuning (reference: 0.1).")
     architecture.add_argument("--attention_dropout", type=float, help="Attention dropout (reference: = --dropout).")
     return parser
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             noise_frac=args.noise_frac, seed=args.seed, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
             private=args.private, **overrides,
         )
-    except (ValueError, PushToHubError) as error:  # CheckpointError is a ValueError
+    except (ValueError, PushToHubError, OSError) as error:  # CheckpointError, LabelsError, OutputDirError: ValueError
         print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
         return 1
     finally:

@@ -5,9 +5,10 @@
 
 For each layout of `../shared/fixtures/checkpoint_layouts`, writes a checkpoint of random float32 weights with exactly
 the real release's names and shapes (`.pth` with `args` for the reference layouts, `.safetensors` for the Hugging Face
-ones), then converts it in a fresh subprocess with `convert_checkpoint` (load, rename, expand the queries, build the
-model, write the folder). Reported: wall time of the conversion, and peak resident memory above the process's
-resident memory after the imports (Linux `/proc/self/status` VmHWM, reset after the imports), against the file size.
+ones), then converts it in a fresh subprocess with `convert_checkpoint`: the whole pipeline (read safely, detect the
+layout, map the names, config, class queries, build the model) and the atomic folder write with its model card.
+Reported: wall time of the conversion, and peak resident memory above the process's resident memory after the imports
+(Linux `/proc/self/status` VmHWM, reset after the imports), against the file size.
 """
 
 import argparse
@@ -69,6 +70,10 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
+    import torch
+
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     print(f"{'layout':<28} {'file MiB':>9} {'seconds':>8} {'peak above imports MiB':>23} {'x file':>7}")
     for layout in args.layouts:
         with tempfile.TemporaryDirectory() as folder:

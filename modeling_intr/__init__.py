@@ -1,13 +1,24 @@
 """INTR for the Hugging Face ecosystem.
 
 `configuration_intr.py`, `modeling_intr.py` and `image_processing_intr.py` are the Hub code bundle (siblings that
-`save_pretrained` copies next to the weights); the rest of the package (checkpoint loading, interpretation) builds on
-them. Importing the package registers INTR with the transformers auto classes, in process and for `save_pretrained`.
+`save_pretrained` copies next to the weights); the rest of the package builds on them: checkpoint conversion
+(`checkpoint_io` -> `checkpoint_layouts` -> `checkpoint_config` -> `checkpoints`; the folder: `convert`, `hub_folder`,
+`model_card`), datasets (`data`, `image_folders`) and interpretation (`interpret`, `visualize`). Importing the
+package registers INTR with the transformers auto classes, in process and for `save_pretrained`.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from .checkpoints import CheckpointError, load_reference_checkpoint, reference_state_dict_to_intr
+from .checkpoint_io import CheckpointError, NotACheckpointError, UnsafeCheckpointError
+from .checkpoint_config import MissingConfigValueError
+from .checkpoints import (
+    Conversion,
+    ConversionSummary,
+    LabelsError,
+    convert_to_model,
+    convert_with_summary,
+    load_reference_checkpoint,
+)
 from .configuration_intr import IntrConfig, resnet_backbone_config
 from .image_processing_intr import IntrImageProcessor
 from .interpret import (
@@ -19,6 +30,7 @@ from .interpret import (
     mass_in_box,
     pointing_game,
 )
+from .model_card import intr_model_card
 from .modeling_intr import (
     IntrForImageClassification,
     IntrImageClassifierOutput,
@@ -39,6 +51,8 @@ IntrImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "CheckpointError",
+    "Conversion",
+    "ConversionSummary",
     "IntrConfig",
     "IntrForImageClassification",
     "IntrImageClassifierOutput",
@@ -46,14 +60,20 @@ __all__ = [
     "IntrModel",
     "IntrModelOutput",
     "IntrPreTrainedModel",
+    "LabelsError",
+    "MissingConfigValueError",
+    "NotACheckpointError",
+    "UnsafeCheckpointError",
     "attention_rollout",
+    "convert_to_model",
+    "convert_with_summary",
     "evaluate_explanations",
     "explain",
     "gradient_rollout",
+    "intr_model_card",
     "load_reference_checkpoint",
     "localization_scores",
     "mass_in_box",
     "pointing_game",
-    "reference_state_dict_to_intr",
     "resnet_backbone_config",
 ]

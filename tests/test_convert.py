@@ -3,6 +3,8 @@
 import argparse
 import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -10,24 +12,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification
 
-from conftest import FIXTURES, REPO, clean_subprocess_env, requires_fixtures
-from modeling_intr import CheckpointError
-from modeling_intr.checkpoints import load_checkpoint_file
-from modeling_intr.convert import (
-    LAYOUTS,
-    convert_checkpoint,
-    convert_to_model,
-    detect_layout,
-    expand_class_queries,
-    split_hf_detr_state_dict,
+from conftest import (
+    FIXTURES,
+    REPO,
+    assert_matches_truth,
+    clean_subprocess_env,
+    reference_fixture,
+    requires_fixtures,
 )
+from modeling_intr import CheckpointError
+from modeling_intr.checkpoint_io import load_checkpoint_file
+from modeling_intr.checkpoint_layouts import LAYOUTS, detect_layout, map_to_intr_names
+from modeling_intr.convert import convert_checkpoint, convert_to_model, expand_class_queries
 from modeling_intr.image_folders import labels_from_image_folder, read_labels_file
 
 sys.path.insert(0, str(REPO))
 from convert_detr_checkpoint import main  # noqa: E402
 
-REFERENCE = FIXTURES / "official_intr_r18"
+REFERENCE = reference_fixture()  # checkpoint, io (float32 outputs), io_float64 (the truth), args
 LAYOUT_FILES = FIXTURES / "checkpoint_layouts"
 
 
@@ -63,7 +68,7 @@ def v5_names(state_dict: dict) -> dict:
 def detr_r18(tmp_path_factory) -> Path:
     """A small checkpoint in the original DETR layout (the fixture's ResNet-18 INTR turned back into DETR: 7 queries,
     class and box heads, no presence head), saved as the DETR code saves it."""
-    checkpoint = load_checkpoint_file(REFERENCE / "checkpoint.pth")
+    checkpoint = load_checkpoint_file(REFERENCE["checkpoint"])
     model = {name: tensor for name, tensor in checkpoint["model"].items() if not name.startswith("presence_vector")}
     heads = {"class_embed.weight": [8, 64], "class_embed.bias": [8]}
     heads |= {f"bbox_embed.layers.{i}.{kind}": ([4 if i == 2 else 64, 64] if kind == "weight" else [4 if i == 2 else 64])
@@ -86,38 +91,42 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 @requires_fixtures
 def test_cli_reference_checkpoint_reproduces_reference_outputs_in_a_clean_process(tmp_path, capsys):
     output = tmp_path / "intr-r18"
-    status, out, err = run_cli(capsys, "--checkpoint", REFERENCE / "checkpoint.pth", "--output_dir", output)
+    status, out, err = run_cli(capsys, "--checkpoint", REFERENCE["checkpoint"], "--output_dir", output)
     assert status == 0, err
     assert "source layout : intr_reference" in out and "7 copied" in out and "presence head : copied" in out
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_intr.py",
             "modeling_intr.py", "image_processing_intr.py", "README.md"} <= {p.name for p in output.iterdir()}
     assert "auto_map" in json.loads((output / "config.json").read_text())
     card = (output / "README.md").read_text()
-    sha256 = hashlib.sha256((REFERENCE / "checkpoint.pth").read_bytes()).hexdigest()
+    sha256 = hashlib.sha256((REFERENCE["checkpoint"]).read_bytes()).hexdigest()
     assert sha256 in card and "A Simple Interpretable Transformer" in card and "trust_remote_code=True" in card
 
+    # A clean process loads the folder as a Hub user would and saves its float32 outputs on the reference inputs;
+    # they are compared with the float64 reference outputs (the truth) within float32's tolerance.
     script = tmp_path / "load.py"
     script.write_text(
         "import json, sys, torch\n"
-        "from safetensors.torch import load_file\n"
+        "from safetensors.torch import load_file, save_file\n"
         "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
         "model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
         "processor = AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
-        "reference = load_file(sys.argv[2])\n"
+        "inputs = load_file(sys.argv[2])\n"
         "with torch.no_grad():\n"
-        "    out = model(reference['pixel_values'], reference['pixel_mask'], output_attentions=True)\n"
-        "attention = torch.stack(out.cross_attentions)\n"
-        "print(json.dumps({'module': type(model).__module__, 'processor': type(processor).__name__,\n"
-        "    'logits': (out.logits - reference['logits']).abs().max().item(),\n"
-        "    'attention': (attention - reference['cross_attentions']).abs().max().item()}))\n"
+        "    out = model(inputs['pixel_values'], inputs['pixel_mask'], output_attentions=True)\n"
+        "save_file({'logits': out.logits, 'cross_attentions': torch.stack(out.cross_attentions)}, sys.argv[3])\n"
+        "print(json.dumps({'module': type(model).__module__, 'processor': type(processor).__name__}))\n"
     )
     env = clean_subprocess_env() | {"HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, str(script), str(output), str(REFERENCE / "reference_io.safetensors")],
+    outputs = tmp_path / "outputs.safetensors"
+    result = subprocess.run([sys.executable, str(script), str(output), str(REFERENCE["io"]), str(outputs)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules") and report["processor"] == "IntrImageProcessor"
-    assert report["logits"] <= 1e-4 and report["attention"] <= 1e-5
+    actual, truth = load_file(outputs), load_file(REFERENCE["io_float64"])
+    assert actual["logits"].dtype == torch.float32
+    for name in ("logits", "cross_attentions"):
+        assert_matches_truth(actual[name], truth[name], name)
 
 
 # ------------------------------------------------------------------------------------------ every real layout
@@ -206,14 +215,15 @@ def test_hf_layouts_accept_transformers_v5_spellings(file_stem):
     v4 = {name: tensor for name, tensor in v4.items() if not name.startswith(("class_labels", "bbox_predictor"))}
     v5 = v5_names(v4)
     assert set(v5) != set(v4) and not any("conv_encoder" in name or "out_proj" in name for name in v5)
-    assert detect_layout(v5) == detect_layout(v4)
-    reference_v4, intr_v4 = split_hf_detr_state_dict(v4)
-    reference_v5, intr_v5 = split_hf_detr_state_dict(v5)
-    assert set(reference_v5) == set(reference_v4) and set(intr_v5) == set(intr_v4)
+    layout = detect_layout(v4)
+    assert detect_layout(v5) == layout
+    intr_v4, _ = map_to_intr_names(v4, layout)
+    intr_v5, _ = map_to_intr_names(v5, layout)
+    assert set(intr_v5) == set(intr_v4) and len(intr_v4) == len(v4)  # one INTR name per source name, both spellings
     learned = {"model.backbone.position_embedding.row_embeddings.weight": torch.empty(50, 128, device="meta"),  # v4
                "model.position_embedding.column_embeddings.weight": torch.empty(50, 128, device="meta")}  # v5
-    reference, _ = split_hf_detr_state_dict(v5 | learned)
-    assert {"backbone.1.row_embed.weight", "backbone.1.col_embed.weight"} <= set(reference)
+    intr, _ = map_to_intr_names(v5 | learned, layout)
+    assert {"model.position_embedding.row_embeddings.weight", "model.position_embedding.column_embeddings.weight"} <= set(intr)
 
 
 def test_hf_detr_model_converts_to_the_same_encoder(tmp_path):
@@ -341,7 +351,7 @@ def test_cli_help_explains_every_option(capsys):
 
 @requires_fixtures
 def test_label_count_must_match_an_intr_checkpoint(tmp_path, capsys):
-    status, out, err = run_cli(capsys, "--checkpoint", REFERENCE / "checkpoint.pth", "--output_dir", tmp_path / "out",
+    status, out, err = run_cli(capsys, "--checkpoint", REFERENCE["checkpoint"], "--output_dir", tmp_path / "out",
                                "--labels", FIXTURES / "official_preprocessing" / "classes.txt")
     assert status == 1 and "7 class queries but 200 labels" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -349,8 +359,8 @@ def test_label_count_must_match_an_intr_checkpoint(tmp_path, capsys):
 
 @requires_fixtures
 def test_intr_checkpoint_with_other_classes_needs_reinit_class_queries():
-    model = convert_to_model(REFERENCE / "checkpoint.pth", id2label=["a", "b", "c"], reinit_class_queries=True)
-    reference = load_checkpoint_file(REFERENCE / "checkpoint.pth")["model"]
+    model = convert_to_model(REFERENCE["checkpoint"], id2label=["a", "b", "c"], reinit_class_queries=True)
+    reference = load_checkpoint_file(REFERENCE["checkpoint"])["model"]
     assert model.model.class_queries.weight.shape == (3, 64) and model.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert torch.equal(model.presence_head.weight, reference["presence_vector.weight"].float())
 
@@ -386,7 +396,7 @@ def test_unsafe_truncated_and_foreign_files_are_refused(tmp_path, capsys):
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"model": {"query_embed.weight": torch.zeros(2, 2)}, "extra": NotATensor()}, unsafe)
     truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes((REFERENCE / "checkpoint.pth").read_bytes()[:5_000_000])
+    truncated.write_bytes((REFERENCE["checkpoint"]).read_bytes()[:5_000_000])
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     # (a text file is refused too, though checkpoints.py currently words it as an unsafe pickle)
@@ -450,3 +460,267 @@ def test_push_to_hub_offline_fails_fast_after_the_folder_is_complete(detr_r18, t
     assert status == 1 and "offline" in err and "hf upload someone/intr-test" in err
     assert "files written" in out and (output / "config.json").exists() and (output / "model.safetensors").exists()
     assert "someone/intr-test" in (output / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ never guess what changes outputs
+
+
+@requires_fixtures
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_heads_not_recorded_must_be_given_and_then_reproduce_the_reference(tmp_path, capsys, suffix):
+    """The reference-layout fixture (4 heads) without its `args`: nothing says 4, and the old guess (DETR's 8) put
+    its logits 6.9 off. The heads must be given; given, the outputs are the reference's."""
+    from safetensors.torch import save_file
+
+    from modeling_intr import MissingConfigValueError
+
+    state_dict = load_checkpoint_file(REFERENCE["checkpoint"])["model"]
+    path = tmp_path / f"no_args{suffix}"
+    if suffix == ".safetensors":
+        save_file({name: tensor.contiguous() for name, tensor in state_dict.items()}, path)
+    else:
+        torch.save(state_dict, path)
+    with pytest.raises(MissingConfigValueError, match=r"does not record num_attention_heads.*--num_attention_heads"):
+        convert_to_model(path)
+    status, out, err = run_cli(capsys, "--checkpoint", path, "--output_dir", tmp_path / "out")
+    assert status == 1 and "--num_attention_heads" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+    status, out, err = run_cli(capsys, "--checkpoint", path, "--output_dir", tmp_path / "out", "--num_attention_heads", 4)
+    assert status == 0, err
+    assert "num_attention_heads = 4 (command line / argument)" in out
+    assert "dilation = False (keys: ResNet-18/34 cannot be dilated)" in out
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    inputs, truth = load_file(REFERENCE["io"]), load_file(REFERENCE["io_float64"])
+    with torch.no_grad():
+        logits = model(inputs["pixel_values"], inputs["pixel_mask"]).logits
+    assert_matches_truth(logits, truth["logits"], "logits")
+
+
+@requires_fixtures
+def test_release_layout_implies_detr_heads_and_every_value_says_where_it_came_from():
+    from modeling_intr import convert_with_summary
+
+    source = random_state_dict(layout_keys("detr_r50_original"))  # no args: a bare release state dict
+    summary = convert_with_summary({"model": source}, num_labels=3, dropout=0.0).summary
+    origins = summary.config_origins
+    assert origins["num_attention_heads"] == (8, "layout default") and origins["dilation"] == (False, "layout default")
+    assert origins["d_model"] == (256, "keys") and origins["backbone"] == ("ResNet-50", "keys")
+    assert origins["dropout"] == (0.0, "command line / argument") and origins["num_labels"][0] == 3
+    assert any("--dilation for a DC5" in note for note in summary.notes)
+    for name in ("backbone", "dilation", "position_embedding_type", "d_model", "num_attention_heads", "encoder_layers",
+                 "decoder_layers", "ffn_dim", "pre_norm", "dropout", "attention_dropout", "num_labels"):
+        assert name in origins, name
+    assert {where.split(":")[0] for _, where in origins.values()} <= {
+        "keys", "the checkpoint's args", "config.json", "layout default", "command line / argument", "default"}
+    text = str(summary)
+    assert all(f"{name} = " in text for name in origins)
+
+    recorded = convert_with_summary({"model": source, "args": argparse.Namespace(nheads=8, dilation=True)}, num_labels=3).summary
+    assert recorded.config_origins["dilation"] == (True, "the checkpoint's args") and not recorded.notes
+
+
+# ------------------------------------------------------------------------------------------ bad files
+
+
+class RunsACommand:
+    """Pickled, it would run a shell command when loaded (the classic malicious checkpoint)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import posix
+
+        return posix.system, (f"touch {self.marker}",)
+
+
+PYTORCH_ADVICE = ("weights_only", "Please", "file an issue", "will likely succeed", "Traceback")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_pickle_importing_anything_else_is_refused_as_unsafe_naming_the_global(tmp_path, capsys, legacy):
+    from modeling_intr import UnsafeCheckpointError
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"query_embed.weight": torch.zeros(2, 2)}, "x": RunsACommand(marker)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError, match=r"Refusing to load .*unsafe.*posix\.system"):
+        load_checkpoint_file(path)
+    status, out, err = run_cli(capsys, "--checkpoint", path, "--output_dir", tmp_path / "out", "--num_labels", 3)
+    assert status == 1 and "unsafe" in err and "posix.system" in err and len(err.strip().splitlines()) == 1
+    assert not any(words in err for words in PYTORCH_ADVICE)
+    assert not marker.exists()
+
+
+def _png(path):
+    import PIL.Image
+
+    PIL.Image.new("RGB", (8, 8)).save(path, format="PNG")
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (_png, "it is a PNG image"),
+        (lambda path: path.write_text("model weights, honest"), "it is a text file"),
+        (lambda path: path.write_bytes(b""), "empty (0 bytes)"),
+        (lambda path: path.write_bytes(b"\x00\x01\x02\x03" * 64), "unknown format"),
+    ],
+    ids=["image", "text", "zero-bytes", "binary"],
+)
+def test_a_file_that_is_not_a_checkpoint_says_so_with_the_reason(tmp_path, capsys, make, reason):
+    from modeling_intr import NotACheckpointError
+
+    for suffix in (".pth", ".safetensors"):  # the first bytes decide, not the name
+        path = tmp_path / f"weights{suffix}"
+        make(path)
+        with pytest.raises(NotACheckpointError, match=rf"is not a checkpoint: .*{re.escape(reason)}"):
+            load_checkpoint_file(path)
+        status, out, err = run_cli(capsys, "--checkpoint", path, "--output_dir", tmp_path / "out", "--num_labels", 3)
+        assert status == 1 and reason in err and len(err.strip().splitlines()) == 1
+        assert not any(words in err for words in PYTORCH_ADVICE)
+
+
+@requires_fixtures
+def test_truncated_files_are_named_truncated(tmp_path):
+    from safetensors.torch import save_file
+
+    from modeling_intr import NotACheckpointError
+
+    pth = tmp_path / "truncated.pth"
+    pth.write_bytes(REFERENCE["checkpoint"].read_bytes()[:5_000_000])
+    safetensors = tmp_path / "truncated.safetensors"
+    save_file({"w": torch.zeros(1000)}, safetensors)
+    safetensors.write_bytes(safetensors.read_bytes()[:2000])
+    for path in (pth, safetensors):
+        with pytest.raises(NotACheckpointError, match="truncated") as error:
+            load_checkpoint_file(path)
+        assert not any(words in str(error.value) for words in PYTORCH_ADVICE)
+
+
+@requires_fixtures
+def test_a_folder_is_named_a_folder_with_what_to_pass(tmp_path):
+    from modeling_intr import load_reference_checkpoint
+
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "checkpoint.pth").write_bytes(REFERENCE["checkpoint"].read_bytes())
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file.*pass the checkpoint file itself.*"
+                                              r"checkpoint\.pth") as error:
+        load_reference_checkpoint(folder)
+    assert "does not exist" not in str(error.value)
+    intr_folder = tmp_path / "intr"
+    convert_checkpoint(REFERENCE["checkpoint"], intr_folder)
+    with pytest.raises(CheckpointError, match="already an INTR model folder.*from_pretrained"):
+        convert_to_model(intr_folder)
+
+
+@requires_fixtures
+def test_load_reference_checkpoint_accepts_only_the_authors_layout(detr_r18):
+    from modeling_intr import load_reference_checkpoint
+
+    with pytest.raises(CheckpointError, match="is a detr_original checkpoint.*convert_to_model"):
+        load_reference_checkpoint(detr_r18)
+
+
+# ------------------------------------------------------------------------------------------ classes
+
+
+@requires_fixtures
+def test_classification_needs_at_least_two_classes(detr_r18, tmp_path, capsys):
+    from modeling_intr import LabelsError
+
+    for labels in ({"num_labels": 1}, {"id2label": ["only"]}):
+        with pytest.raises(LabelsError, match="at least two classes"):
+            convert_to_model(detr_r18, **labels)
+    status, out, err = run_cli(capsys, "--checkpoint", detr_r18, "--output_dir", tmp_path / "out", "--num_labels", 1)
+    assert status == 1 and "at least two classes" in err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ output paths
+
+
+@requires_fixtures
+def test_output_paths_that_cannot_be_a_folder_are_clear_errors(detr_r18, tmp_path, capsys):
+    from modeling_intr.convert import OutputDirError
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("user data")
+    cases = [(a_file, "is an existing file"), (a_file / "out", "a_file is a file"),
+             (tmp_path / ("x" * 300), "cannot be a folder: File name too long"),
+             (Path("/sys/intr-out"), "/sys is not writable")]  # sysfs: not writable, even for root
+    for output, message in cases:
+        with pytest.raises(OutputDirError, match=message):
+            convert_checkpoint(detr_r18, output, num_labels=3)
+        status, out, err = run_cli(capsys, "--checkpoint", detr_r18, "--output_dir", output, "--num_labels", 3)
+        assert status == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert a_file.read_text() == "user data" and sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
+
+
+@requires_fixtures
+def test_staging_folders_of_killed_conversions_are_removed_by_the_next_run(detr_r18, tmp_path, capsys):
+    """A conversion killed outright leaves `.NAME.partial-PID-XXXXXXXX`; the next run into NAME removes it (and the
+    older `.NAME.partial-XXXXXXXX`), but not the staging folder of a conversion still running."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [tmp_path / f".out.partial-{int(dead.stdout)}-0123abcd", tmp_path / ".out.partial-89abcdef"]
+    running = tmp_path / f".out.partial-{os.getpid()}-fedcba98"
+    other = tmp_path / ".other.partial-0123abcd"
+    for folder in (*stale, running, other):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 1024)
+    status, out, err = run_cli(capsys, "--checkpoint", detr_r18, "--output_dir", tmp_path / "out", "--num_labels", 3)
+    assert status == 0, err
+    assert not any(folder.exists() for folder in stale) and running.exists() and other.exists()
+    assert all(f"removed {folder.name}" in out for folder in stale)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------ the summary and the card
+
+
+@requires_fixtures
+def test_convert_returns_the_model_and_the_summary_it_logs(detr_r18, caplog):
+    import logging
+
+    from modeling_intr import Conversion, convert_with_summary
+
+    conversion = convert_with_summary(detr_r18, id2label=["a", "b", "c"], seed=1)
+    assert isinstance(conversion, Conversion) and conversion.model.config.num_labels == 3
+    assert conversion.summary.layout == "detr_original" and conversion.summary.id2label == {0: "a", 1: "b", 2: "c"}
+    assert "source layout : detr_original" in str(conversion.summary)
+    with caplog.at_level(logging.INFO, logger="modeling_intr.checkpoints"):
+        model = convert_to_model(detr_r18, id2label=["a", "b", "c"], seed=1)
+    assert str(conversion.summary) in caplog.text
+    assert all(torch.equal(tensor, conversion.model.state_dict()[name]) for name, tensor in model.state_dict().items())
+
+
+def test_model_card_has_metadata_loading_classes_details_results_and_citation():
+    from huggingface_hub import ModelCard
+
+    from conftest import tiny_config
+    from modeling_intr import intr_model_card
+
+    many = tiny_config(num_labels=30, id2label={index: f"species {index}" for index in range(30)},
+                       label2id={f"species {index}": index for index in range(30)})
+    card = intr_model_card(many, origin="Fine-tuned from **somewhere**.", details=[("Recipe", "lr | 1e-4")],
+                           eval_results={"accuracy": 0.91234, "num_images": 359}, base_model="someone/intr-base",
+                           datasets=["someone/birds"], repo_id="someone/intr-birds")
+    assert isinstance(card, ModelCard)
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification", "apache-2.0")
+    assert {"intr", "interpretability"} <= set(data.tags)
+    assert data.base_model == "someone/intr-base" and data.datasets == ["someone/birds"]
+    text = card.text
+    assert "Fine-tuned from **somewhere**." in text
+    assert 'AutoModelForImageClassification.from_pretrained("someone/intr-birds", trust_remote_code=True)' in text
+    assert 'pipeline("image-classification", model="someone/intr-birds", trust_remote_code=True)' in text
+    assert "30 classes" in text and "<details>" in text and all(f"`species {index}`" in text for index in range(30))
+    assert "| Recipe | lr \\| 1e-4 |" in text and "| accuracy | 0.9123 |" in text and "| num_images | 359 |" in text
+    assert "A Simple Interpretable Transformer" in text and "more information needed" not in text.lower()
+    assert ModelCard(str(card)).data.to_dict() == data.to_dict()  # what is written reads back the same
+
+    few = intr_model_card(tiny_config(), origin="Random weights.")
+    assert "<details>" not in few.text and "5 classes, index 0 first: `LABEL_0`" in few.text
+    assert "## Evaluation results" not in few.text and "## Details" not in few.text

@@ -110,7 +110,7 @@ def test_training_reaches_far_above_chance(trained):
     assert config["id2label"] == {str(i): str(i) for i in range(10)}
     assert "auto_map" in config
     card = (output_dir / "README.md").read_text()
-    assert "Acc@1" in card and "trained from scratch" in card
+    assert "acc@1" in card and "Trained from scratch" in card
 
 
 def test_eval_only_reproduces_the_reported_metrics(trained, digits_root, tmp_path):

@@ -76,12 +76,23 @@ def digits_root(tmp_path_factory):
     with open(val / "metadata.jsonl", "a") as file:
         file.write(json.dumps({**first, "file_name": "0/extra.png"}) + "\n")
     (root / "digits" / "train" / "3" / "corrupt.png").write_bytes(b"not a png")
+    (val / "5" / "broken.png").write_bytes(b"not a png either")  # listed in the metadata, unreadable
+    with open(val / "metadata.jsonl", "a") as file:
+        file.write(json.dumps({**first, "file_name": "5/broken.png"}) + "\n")
     return root
 
 
-def common_args(root: Path, config: Path, output_dir: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def small_digits_root(tmp_path_factory):
+    """32x32 canvases, 4 training and 1 validation image per class (40 / 10): for runs that test plumbing."""
+    root = tmp_path_factory.mktemp("small")
+    make_digits_dataset(root, canvas_size=32, min_digit_size=16, max_digit_size=28, max_per_class=5, seed=1)
+    return root
+
+
+def common_args(root: Path, config: Path, output_dir: Path, size: int = 64) -> list[str]:
     return ["--config_name", str(config), "--dataset_path", str(root), "--dataset_name", "digits",
-            "--output_dir", str(output_dir), "--fixed_size", "64", "--flip_prob", "0",
+            "--output_dir", str(output_dir), "--fixed_size", str(size), "--flip_prob", "0",
             "--learning_rate", "5e-4", "--backbone_learning_rate", "5e-4", "--per_device_train_batch_size", "16",
             "--per_device_eval_batch_size", "32", "--save_strategy", "no", "--report_to", "none",
             "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
@@ -109,8 +120,21 @@ def test_training_reaches_far_above_chance(trained):
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {str(i): str(i) for i in range(10)}
     assert "auto_map" in config
+    evaluation = json.loads((output_dir / "eval_results.json").read_text())
+    assert evaluation["eval_num_images"] == 201 and evaluation["eval_num_skipped"] == 1
+    assert [name.split(":")[0] for name in evaluation["eval_skipped_files"]] == ["val/5/broken.png"]
+    assert json.loads((output_dir / "train_results.json").read_text())["train_num_images"] == 800
+
+
+def test_output_folder_has_an_intr_model_card_with_the_recipe_used(trained):
+    output_dir, metrics = trained
     card = (output_dir / "README.md").read_text()
-    assert "acc@1" in card and "Trained from scratch" in card
+    assert card.startswith("---\n") and "Trained from scratch" in card
+    assert "trust_remote_code=True" in card and "More information needed" not in card
+    assert "StepLR: learning rates x0.1 every 7 epochs" in card and "constant" not in card
+    assert "`0`, `1`, `2`" in card  # the classes
+    assert f"{metrics['eval_acc@1']:.4f}" in card and "| images evaluated | 201 |" in card
+    assert "AdamW, learning rate 0.0005" in card and "9 epochs" in card
 
 
 def test_eval_only_reproduces_the_reported_metrics(trained, digits_root, tmp_path):
@@ -162,6 +186,45 @@ def test_two_process_data_parallel_training(digits_root, tmp_path):
     assert output.count("***** train metrics *****") == 1
     assert output.count("Skipped 1 file(s) of split 'train'") == 1
     assert not list(output_dir.glob("checkpoint-*"))
+
+
+def true_loss(model_dir: Path, root: Path, split: str, size: int) -> float:
+    """The mean cross-entropy of the saved model over every image of `split`, computed here without the Trainer."""
+    model = IntrForImageClassification.from_pretrained(model_dir).eval()
+    dataset = load_image_splits(str(root), "digits", [split]).splits[split]
+    transform = run_finetune.ImageTransform(run_finetune.IntrImageProcessor(size={"height": size, "width": size}))
+    batch = collate_images([dataset.with_transform(transform)[index] for index in range(len(dataset))])
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_two_processes_log_the_same_loss_as_one(small_digits_root, tmp_path):
+    """Same data and weights on 1 and 2 processes (batch 20 = 2 x 10, learning rate 0 so the weights stay those
+    saved): the logged train loss and eval_loss are the same, and equal the saved model's true loss. The Trainer
+    passes `num_items_in_batch` (counted over all processes) to a forward that accepts it and multiplies the loss by
+    the process count, so a model that ignores it logs the loss doubled on two processes."""
+    config = tiny_digits_config(tmp_path / "config.json")
+
+    def arguments(output_dir: Path, batch_size: int) -> list[str]:
+        return common_args(small_digits_root, config, output_dir, size=32) + [
+            "--do_train", "--do_eval", "--num_train_epochs", "1", "--learning_rate", "0", "--backbone_learning_rate",
+            "0", "--lr_drop", "0", "--per_device_train_batch_size", str(batch_size), "--per_device_eval_batch_size",
+            "5", "--logging_steps", "1"]
+
+    one = run_finetune.main(arguments(tmp_path / "one", 20))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    result = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", str(REPO / "run_finetune.py"), *arguments(tmp_path / "two", 10), "--use_cpu"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, capture_output=True,
+        text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    two = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    expected = {"train_loss": true_loss(tmp_path / "one", small_digits_root, "train", 32),
+                "eval_loss": true_loss(tmp_path / "one", small_digits_root, "validation", 32)}
+    for key, value in expected.items():
+        assert one[key] == pytest.approx(value, rel=1e-4), (key, "1 process")
+        assert two[key] == pytest.approx(value, rel=1e-4), (key, "2 processes")
 
 
 def test_resume_reaches_the_same_weights(digits_root, tmp_path):

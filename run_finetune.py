@@ -558,6 +558,8 @@ def setup_logging(training_args: TrainingArguments) -> None:
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()  # the main process logs at INFO unless --log_level says
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
     logging.getLogger("modeling_intr").setLevel(log_level)  # e.g. the converter's summary

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -227,11 +228,13 @@ def test_two_processes_log_the_same_loss_as_one(small_digits_root, tmp_path):
         assert two[key] == pytest.approx(value, rel=1e-4), (key, "2 processes")
 
 
-def test_resume_reaches_the_same_weights(digits_root, tmp_path):
+def test_resume_reaches_the_same_weights_and_skips_an_incomplete_checkpoint(digits_root, tmp_path, caplog):
     """Interrupt after 4 of 8 steps (checkpoint-4), resume in a fresh run: the same final weights. Dropout, flips
-    and a learning-rate drop at step 4 make every piece of state (RNGs, optimizer, scheduler) matter."""
+    and a learning-rate drop at step 4 make every piece of state (RNGs, optimizer, scheduler) matter. A run killed
+    while writing checkpoint-8 leaves it with 3 files: `--resume_from_checkpoint True` picks checkpoint-4 and says
+    why; naming checkpoint-8 is an error that names checkpoint-4."""
     config = tiny_digits_config(tmp_path / "config.json", dropout=0.1)
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    full, killed = tmp_path / "full", tmp_path / "killed"
 
     def arguments(output_dir):
         return common_args(digits_root, config, output_dir) + [
@@ -239,8 +242,24 @@ def test_resume_reaches_the_same_weights(digits_root, tmp_path):
             "--per_device_train_batch_size", "200", "--lr_drop", "1"]  # 4 steps per epoch: drop after step 4
 
     run_finetune.main(arguments(full))
-    run_finetune.main(arguments(resumed) + ["--resume_from_checkpoint", str(full / "checkpoint-4")])
-    reference, continued = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-4", killed / "checkpoint-4")
+    (killed / "checkpoint-8").mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):  # the kill came after these
+        shutil.copy(full / "checkpoint-8" / name, killed / "checkpoint-8" / name)
+    weights = killed / "checkpoint-8" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert run_finetune.checkpoint_problems(killed / "checkpoint-4") == []
+    problems = run_finetune.checkpoint_problems(killed / "checkpoint-8")
+    assert "no optimizer.pt" in problems and any("model.safetensors is unreadable" in p for p in problems)
+
+    with pytest.raises(run_finetune.FinetuneError, match=r"checkpoint-8 is incomplete .*killed/checkpoint-4"):
+        run_finetune.main(arguments(killed) + ["--resume_from_checkpoint", str(killed / "checkpoint-8")])
+    with caplog.at_level("INFO", logger="run_finetune"):
+        run_finetune.main(arguments(killed) + ["--resume_from_checkpoint", "True"])
+    assert re.search(r"Not resuming from \S*killed/checkpoint-8: incomplete \(.*no optimizer.pt", caplog.text)
+    assert re.search(r"Resuming from \S*killed/checkpoint-4 \(step 4\)", caplog.text)
+    reference, continued = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
     start = load_file(full / "checkpoint-4" / "model.safetensors")
     assert any(not torch.equal(start[name], reference[name]) for name in reference)
     for name, tensor in reference.items():
@@ -293,15 +312,21 @@ def test_step_schedule_and_scheduler_type_are_exclusive(tmp_path):
 
 
 def test_multiscale_augmentation_sizes_within_bounds():
+    """The reference rule: the shorter side becomes one of REFERENCE_SCALES unless that would make the longer side
+    exceed 1333, in which case the longer side is capped at 1333 (give or take DETR's rounding) and the shorter side
+    is smaller than every scale that was possible."""
     random.seed(0)
     augmentation = TrainAugmentation()
+    capped_seen = False
     for height, width in [(300, 500), (480, 640), (1000, 200), (64, 64)]:
         image = Image.new("RGB", (width, height))
         for _ in range(40):
-            out = augmentation(image)
-            short, long = min(out.size), max(out.size)
-            assert short in REFERENCE_SCALES or long <= 1333 + 2, (height, width, out.size)
-            assert long <= 1333 + 2 or short in REFERENCE_SCALES
+            short, long = sorted(augmentation(image).size)
+            assert long <= 1333 + 2, (height, width, short, long)
+            if short not in REFERENCE_SCALES:
+                capped_seen = True
+                assert long >= 1333 - 2 and short < max(REFERENCE_SCALES), (height, width, short, long)
+    assert capped_seen  # the 1000x200 strip always needs the cap
 
 
 def test_fixed_size_and_flip_only_mirrors():
@@ -398,7 +423,7 @@ def test_folder_layout_errors_before_training(tmp_path):
         check_image_folder(tmp_path / "d")
 
 
-def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path):
+def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path, monkeypatch):
     from conftest import tiny_config
 
     model = IntrForImageClassification(tiny_config(num_labels=3, id2label={0: "cat", 1: "dog", 2: "eel"},
@@ -409,8 +434,14 @@ def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)\['cat', 'dog', 'eel'\].*\['ant', 'bee'\]"):
         run_finetune.load_model(args, ["ant", "bee"])
     args.reinit_class_queries = True
+    loads = []
+    from_pretrained = IntrForImageClassification.from_pretrained.__func__
+    monkeypatch.setattr(IntrForImageClassification, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or from_pretrained(cls, *a, **k)))
     for classes in (["ant", "bee"], ["ant", "bee", "cow"]):
+        loads.clear()
         new = run_finetune.load_model(args, classes)
+        assert len(loads) == 1  # the weights are read once
         assert run_finetune.labels_of(new.config) == classes
         assert new.model.class_queries.weight.shape[0] == len(classes)
         assert not torch.equal(new.model.class_queries.weight[:2], model.model.class_queries.weight[:2])

@@ -257,8 +257,6 @@ def load_model(model_args: ModelArguments, classes: list[str], seed: int = 42) -
     id2label = dict(enumerate(classes))
     label2id = {label: index for index, label in id2label.items()}
     if model_args.config_name is not None:
-        if not Path(model_args.config_name).exists():
-            raise FinetuneError(f"--config_name {model_args.config_name} does not exist (no such file or folder).")
         try:
             config = IntrConfig.from_pretrained(model_args.config_name, id2label=id2label, label2id=label2id)
         except (OSError, ValueError) as error:
@@ -606,6 +604,10 @@ def main(argv=None, callbacks=None) -> dict:
         resume_from = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
         protected = [Path.cwd(), model_args.model_name_or_path, model_args.config_name, data_args.dataset_path]
         prepare_output_dir(training_args, resume_from is not None, [str(p) for p in protected if p is not None])
+    if model_args.model_name_or_path is not None:  # before the data is read: fail fast
+        check_starting_point(model_args.model_name_or_path)
+    elif not Path(model_args.config_name).exists():
+        raise FinetuneError(f"--config_name {model_args.config_name} does not exist (no such file or folder).")
     set_seed(training_args.seed)
 
     splits = [data_args.train_split] * training_args.do_train + [data_args.eval_split] * training_args.do_eval

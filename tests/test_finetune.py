@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ResNetConfig
 
-from conftest import REPO, clean_subprocess_env
+from conftest import FIXTURES, REPO, clean_subprocess_env
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "examples"))
@@ -477,3 +477,202 @@ def test_activation_checkpointing_bf16_and_dataloader_workers(digits_root, tmp_p
         "--do_train", "--max_steps", "2", "--activation_checkpointing", "--bf16", "--use_cpu",
         "--dataloader_num_workers", "2", "--lr_drop", "0"], callbacks=[probe])
     assert probe.checkpointing and np.isfinite(metrics["train_loss"])
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def error_line(argv: list[str], capsys) -> str:
+    """Run the command line in process: it must fail with one `error: ...` line and no traceback; returns the line."""
+    code = run_finetune.cli(argv)
+    out, err = capsys.readouterr()
+    assert code == 1, (out + err)[-3000:]
+    assert "Traceback" not in out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err[-3000:]
+    return last
+
+
+class ArbitraryCode:
+    """Pickled as a call of os.system: a checkpoint that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return os.system, ("echo this must never run",)
+
+
+def two_class_folder(root: Path, splits=("train", "val"), classes=("a", "b")) -> Path:
+    for split in splits:
+        for label in classes:
+            write_image(root / "d" / split / label / "x.png", Image.new("RGB", (8, 8), (200, 10, 10)))
+    return root
+
+
+def intr_folder(path: Path, labels=("a", "b")) -> Path:
+    from conftest import tiny_config
+
+    id2label = dict(enumerate(labels))
+    IntrForImageClassification(tiny_config(num_labels=len(labels), id2label=id2label,
+                                           label2id={v: k for k, v in id2label.items()})).save_pretrained(path)
+    return path
+
+
+def bad_data(case: str, tmp_path: Path) -> list[str]:
+    """--dataset_path / --dataset_name arguments of a broken dataset (see test_data_errors_are_one_line)."""
+    root = tmp_path / "data"
+    if case == "strict_images":
+        two_class_folder(root)
+        (root / "d" / "train" / "a" / "broken.png").write_bytes(b"not a png")
+        return ["--dataset_path", str(root), "--dataset_name", "d", "--strict_images"]
+    if case == "empty class":
+        two_class_folder(root)
+        (root / "d" / "train" / "c").mkdir()
+        (root / "d" / "val" / "c").mkdir()
+    elif case == "class only in one split":
+        two_class_folder(root)
+        write_image(root / "d" / "val" / "c" / "x.png", Image.new("RGB", (8, 8)))
+    elif case == "missing split":
+        two_class_folder(root, splits=("train",))
+    elif case == "one class":
+        two_class_folder(root, classes=("a",))
+    elif case == "classes differ from the model's":
+        two_class_folder(root, classes=("ant", "bee"))
+    return ["--dataset_path", str(root), "--dataset_name", "d"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("strict_images", r"unreadable file.*--strict_images.*broken\.png"),
+    ("empty class", r"Class folder \S+/c has no images"),
+    ("class only in one split", r"different classes: only in train: \[\]; only in val: \['c'\]"),
+    ("missing split", r"no \['val'\] split"),
+    ("one class", r"Classification needs at least two classes; 'd' has 1: \['a'\]"),
+    ("classes differ from the model's", r"classes differ.*\['a', 'b'\].*\['ant', 'bee'\].*--reinit_class_queries"),
+])
+def test_data_errors_are_one_line(case, message, tmp_path, capsys):
+    model = intr_folder(tmp_path / "model")
+    line = error_line(["--model_name_or_path", str(model), "--output_dir", str(tmp_path / "out"), "--do_train",
+                       "--do_eval", "--report_to", "none", *bad_data(case, tmp_path)], capsys)
+    assert re.search(message, line), line
+
+
+def bad_start(case: str, tmp_path: Path) -> str:
+    """A --model_name_or_path that cannot be a starting point (see test_starting_point_errors_are_one_line)."""
+    if case == "missing relative path":
+        return "./no-such-model"
+    if case == "missing absolute path":
+        return str(tmp_path / "no-such-model")
+    if case == "unsafe pickle":
+        torch.save({"model": {"query_embed.weight": ArbitraryCode()}}, tmp_path / "evil.pth")
+        return str(tmp_path / "evil.pth")
+    folder = intr_folder(tmp_path / case.replace(" ", "-"))
+    weights = folder / "model.safetensors"
+    if case == "folder without weights":
+        weights.unlink()
+    elif case == "zero-byte weights":
+        weights.write_bytes(b"")
+    elif case == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "unsafe pickle in a model folder":
+        weights.unlink()
+        torch.save({"presence_head.weight": ArbitraryCode()}, folder / "pytorch_model.bin")
+    return str(folder)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing relative path", r"--model_name_or_path \./no-such-model does not exist \(no such file or folder\)"),
+    ("missing absolute path", r"no-such-model does not exist"),
+    ("folder without weights", r"has no weights \(none of model\.safetensors"),
+    ("zero-byte weights", r"model\.safetensors is empty \(0 bytes\)"),
+    ("truncated weights", r"Cannot load the weights of \S+: \w+: .*"),
+    ("unsafe pickle", r"(?i)(unsafe.*posix\.system|posix\.system.*unsafe)"),  # the global that would run
+    ("unsafe pickle in a model folder", r"Cannot load the weights of \S+: \w+: .*"),
+])
+def test_starting_point_errors_are_one_line(case, message, tmp_path, capsys):
+    root = two_class_folder(tmp_path / "data")
+    line = error_line(["--model_name_or_path", bad_start(case, tmp_path), "--dataset_path", str(root),
+                       "--dataset_name", "d", "--output_dir", str(tmp_path / "out"), "--do_eval", "--report_to",
+                       "none"], capsys)
+    assert re.search(message, line), line
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_non_empty_output_folder_is_refused_unless_overwrite_or_resume(small_digits_root, tmp_path, capsys):
+    """transformers' convention: a previous run's folder is refused; --overwrite_output_dir leaves nothing of it
+    (its eval results are not merged into the new all_results.json, its checkpoints are gone)."""
+    config = tiny_digits_config(tmp_path / "config.json")
+    output_dir = tmp_path / "out"
+    (output_dir / "checkpoint-99").mkdir(parents=True)
+    (output_dir / "checkpoint-99" / "model.safetensors").write_bytes(b"previous run, 3 classes")
+    (output_dir / "eval_results.json").write_text(json.dumps({"eval_acc@1": 0.25, "eval_previous_run": 1}))
+    (output_dir / "all_results.json").write_text(json.dumps({"eval_acc@1": 0.25, "eval_previous_run": 1}))
+    arguments = common_args(small_digits_root, config, output_dir, size=32) + [
+        "--do_train", "--do_eval", "--max_steps", "1", "--lr_drop", "0"]
+    line = error_line(arguments, capsys)
+    assert "--output_dir" in line and "is not empty" in line and "--overwrite_output_dir" in line
+    line = error_line(arguments + ["--resume_from_checkpoint", "True"], capsys)
+    assert "Nothing to resume" in line and "checkpoint-99: " in line  # resuming is allowed, but that one is broken
+    line = error_line(common_args(small_digits_root, config, tmp_path, size=32) + [
+        "--do_train", "--max_steps", "1", "--overwrite_output_dir"], capsys)
+    assert "would delete" in line  # the folder holding the config (and the data) is never cleared
+
+    run_finetune.main(arguments + ["--overwrite_output_dir"])
+    assert not (output_dir / "checkpoint-99").exists()
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert "eval_previous_run" not in results and results["eval_num_images"] == 10
+    assert "eval_previous_run" not in json.loads((output_dir / "eval_results.json").read_text())
+
+
+def test_missing_training_dependency_is_one_pip_line(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setitem(sys.modules, "evaluate", None)  # `import evaluate` fails as if not installed
+    monkeypatch.setattr(sys, "argv", ["run_finetune.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "run_finetune.py"), run_name="__main__")
+    assert exit_info.value.code == ("error: run_finetune.py needs the training extras (evaluate is not installed): "
+                                    "pip install 'intr-transformers[train]'")
+    with pytest.raises(ImportError, match=r"pip install 'intr-transformers\[train\]'"):
+        runpy.run_path(str(REPO / "run_finetune.py"), run_name="imported")
+
+
+def test_help_starts_with_a_description_and_the_intr_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_finetune.cli(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    description = text.index("Fine-tune and evaluate INTR")
+    groups = [text.index(name) for name in ("\nINTR model:", "\nINTR data:", "\nTrainer (transformers")]
+    assert description < groups[0] < groups[1] < groups[2]
+    assert "--reinit_class_queries" in text[groups[0]:groups[1]] and "--overwrite_output_dir" in text[groups[2]:]
+
+
+def test_bf16_emulation_is_detected_from_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(run_finetune, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    assert not run_finetune.bf16_is_native(cpu)
+    for flag in ("avx512_bf16", "amx_bf16", "bf16"):
+        monkeypatch.setattr(run_finetune, "cpu_flags", lambda flag=flag: {"avx2", flag})
+        assert run_finetune.bf16_is_native(cpu)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert run_finetune.bf16_is_native(torch.device("cuda")) is supported
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
+def test_conversion_on_the_fly_logs_the_converters_summary(small_digits_root, tmp_path, caplog):
+    checkpoint = FIXTURES / "official_intr_r18" / "checkpoint.pth"
+    with caplog.at_level("INFO"):
+        metrics = run_finetune.main(["--model_name_or_path", str(checkpoint), "--reinit_class_queries",
+                                     "--dataset_path", str(small_digits_root), "--dataset_name", "digits",
+                                     "--output_dir", str(tmp_path), "--do_eval", "--fixed_size", "32",
+                                     "--report_to", "none", "--dataloader_pin_memory", "false"])
+    summaries = [r.getMessage() for r in caplog.records if r.name.startswith("modeling_intr") and r.levelname == "INFO"]
+    assert any("checkpoint.pth" in message and "10" in message for message in summaries), caplog.text[-3000:]
+    assert metrics["eval_num_images"] == 10
+
+
+def test_write_digits_card_help():
+    import write_digits_card
+
+    with pytest.raises(SystemExit) as exit_info:
+        write_digits_card.main(["--help"])
+    assert exit_info.value.code == 0

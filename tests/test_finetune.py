@@ -123,7 +123,7 @@ def test_training_reaches_far_above_chance(trained):
     assert "auto_map" in config
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
     assert evaluation["eval_num_images"] == 201 and evaluation["eval_num_skipped"] == 1
-    assert [name.split(":")[0] for name in evaluation["eval_skipped_files"]] == ["val/5/broken.png"]
+    assert [name.split(":")[0].endswith("val/5/broken.png") for name in evaluation["eval_skipped_files"]] == [True]
     assert json.loads((output_dir / "train_results.json").read_text())["train_num_images"] == 800
 
 
@@ -682,15 +682,14 @@ def test_write_digits_card_help():
     assert exit_info.value.code == 0
 
 
-def test_datasets_log_lines_are_printed_once(tmp_path, caplog):
+def test_datasets_log_lines_are_printed_once(tmp_path):
     """datasets prints its records through its own handler; they must not also reach the root handler that
-    run_finetune.py sets up (each line would be printed twice)."""
+    run_finetune.py sets up (each line would be printed twice). The converter's summary (INFO) is shown."""
     import logging
 
     _, _, training_args = run_finetune.parse_arguments(
         ["--config_name", "c.json", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train"])
     run_finetune.setup_logging(training_args)
-    with caplog.at_level("INFO"):
-        logging.getLogger("datasets.builder").warning("a datasets log line")
-        logging.getLogger("modeling_intr.convert").info("a converter summary")
-    assert "a datasets log line" not in caplog.text and "a converter summary" in caplog.text
+    datasets_logger = logging.getLogger("datasets")
+    assert datasets_logger.handlers and not datasets_logger.propagate
+    assert logging.getLogger("modeling_intr.convert").isEnabledFor(logging.INFO)

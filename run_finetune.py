@@ -61,8 +61,17 @@ logger = logging.getLogger(__name__)
 
 TOPK_METRIC = Path(__file__).resolve().parent / "metrics" / "topk_accuracy"
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-# What a checkpoint-N folder needs for `Trainer.train(resume_from_checkpoint=...)`; trainer_state.json is written last.
-CHECKPOINT_FILES = ("config.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+# What a checkpoint-N folder needs for `Trainer.train(resume_from_checkpoint=...)`, each as alternative names (plain /
+# FSDP full / FSDP sharded); trainer_state.json is written last.
+CHECKPOINT_PARTS = {
+    "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model_fsdp.bin",
+                "pytorch_model_fsdp_0"),
+    "config": ("config.json",),
+    "training arguments": ("training_args.bin",),
+    "optimizer state": ("optimizer.pt", "optimizer.bin", "optimizer_0"),
+    "scheduler state": ("scheduler.pt",),
+    "trainer state": ("trainer_state.json",),
+}
 NATIVE_BF16_CPU_FLAGS = frozenset(("avx512_bf16", "amx_bf16", "bf16"))  # x86 AVX-512 / AMX, ARMv8.6 (`Features`)
 
 
@@ -332,13 +341,12 @@ def build_compute_metrics():
 
 def checkpoint_problems(folder: Path) -> list[str]:
     """What keeps a Trainer `checkpoint-N` folder from being resumed (missing, empty or truncated files); [] if none."""
-    problems = [f"no {name}" for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    problems = [f"no {names[0]}" if len(names) == 1 else f"no {part} ({' / '.join(names)})"
+                for part, names in CHECKPOINT_PARTS.items() if not any((folder / name).exists() for name in names)]
     problems += [f"{path.name} is empty" for path in sorted(folder.iterdir()) if path.is_file()
                  and path.stat().st_size == 0]
-    weights = next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
-    if weights is None:
-        problems.append("no weights")
-    elif weights.suffix == ".safetensors" and weights.stat().st_size > 0:
+    weights = folder / "model.safetensors"
+    if weights.is_file() and weights.stat().st_size > 0:
         from safetensors import safe_open
 
         try:

@@ -217,7 +217,10 @@ def needs_conversion(path: str) -> bool:
     if Path(path).is_file():
         return True
     config = Path(path) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "detr"
+    try:
+        return config.is_file() and json.loads(config.read_text()).get("model_type") == "detr"
+    except ValueError:  # not JSON: `load_config` reports it
+        return False
 
 
 def could_be_hub_repo(name: str) -> bool:
@@ -296,9 +299,9 @@ def load_model(model_args: ModelArguments, classes: list[str], seed: int = 42) -
         config.id2label, config.label2id = id2label, label2id
     try:
         model = IntrForImageClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=new_classes)
+    except MemoryError:
+        raise
     except Exception as error:  # truncated or foreign weights, an unsafe pickle, a failed download: one line
-        if isinstance(error, (KeyboardInterrupt, MemoryError)):
-            raise
         raise FinetuneError(f"Cannot load the weights of {path}: {first_line(error)}") from None
     if new_classes:
         torch.nn.init.normal_(model.model.class_queries.weight)  # the reference initialisation of the queries

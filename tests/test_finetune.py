@@ -576,6 +576,8 @@ def bad_start(case: str, tmp_path: Path) -> str:
         weights.write_bytes(b"")
     elif case == "truncated weights":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "config that is not JSON":
+        (folder / "config.json").write_text("{not json")
     elif case == "unsafe pickle in a model folder":
         weights.unlink()
         torch.save({"presence_head.weight": ArbitraryCode()}, folder / "pytorch_model.bin")
@@ -590,6 +592,7 @@ def bad_start(case: str, tmp_path: Path) -> str:
     ("truncated weights", r"Cannot load the weights of \S+: \w+: .*"),
     ("unsafe pickle", r"(?i)(unsafe.*posix\.system|posix\.system.*unsafe)"),  # the global that would run
     ("unsafe pickle in a model folder", r"Cannot load the weights of \S+: \w+: .*"),
+    ("config that is not JSON", r"could not be read \(OSError: .*not a valid JSON"),
 ])
 def test_starting_point_errors_are_one_line(case, message, tmp_path, capsys):
     root = two_class_folder(tmp_path / "data")

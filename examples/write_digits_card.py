@@ -1,11 +1,11 @@
 """Write the model card (README.md) of the digits INTR trained by `examples/train_digits.sh`, from the metrics
 `run_finetune.py` saved next to the weights (`eval_results.json`, `train_results.json`).
 
-    python examples/write_digits_card.py examples/intr-digits
+    python examples/write_digits_card.py runs/intr-digits
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from transformers import AutoModelForImageClassification
@@ -76,7 +76,7 @@ with `metadata.jsonl` holding every digit's bounding box `[x0, y0, x1, y1]` (the
   batch 32, {epochs:g} epochs with the learning rate x0.1 after epoch 20, 128x128 fixed size, no flip (digits are not
   mirror-symmetric), seed 42; {runtime:.0f} s on 2 CPU cores.
 
-Reproduce (dataset + training + this card): `bash examples/train_digits.sh data examples/intr-digits`.
+Reproduce (dataset + training + this card): `bash examples/train_digits.sh data runs/intr-digits`.
 
 ## Use
 
@@ -112,5 +112,15 @@ def write_card(output_dir: str | Path) -> Path:
     return path
 
 
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="the folder run_finetune.py trained (with eval_results.json and "
+                                          "train_results.json); its README.md is replaced")
+    args = parser.parse_args(argv)
+    if not (Path(args.model_dir) / "eval_results.json").is_file():
+        parser.error(f"{args.model_dir} has no eval_results.json: train it with examples/train_digits.sh first.")
+    print(write_card(args.model_dir))
+
+
 if __name__ == "__main__":
-    print(write_card(sys.argv[1]))
+    main()

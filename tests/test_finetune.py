@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ResNetConfig
 
-from conftest import REPO, clean_subprocess_env
+from conftest import FIXTURES, REPO, clean_subprocess_env
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "examples"))
@@ -76,12 +77,23 @@ def digits_root(tmp_path_factory):
     with open(val / "metadata.jsonl", "a") as file:
         file.write(json.dumps({**first, "file_name": "0/extra.png"}) + "\n")
     (root / "digits" / "train" / "3" / "corrupt.png").write_bytes(b"not a png")
+    (val / "5" / "broken.png").write_bytes(b"not a png either")  # listed in the metadata, unreadable
+    with open(val / "metadata.jsonl", "a") as file:
+        file.write(json.dumps({**first, "file_name": "5/broken.png"}) + "\n")
     return root
 
 
-def common_args(root: Path, config: Path, output_dir: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def small_digits_root(tmp_path_factory):
+    """32x32 canvases, 4 training and 1 validation image per class (40 / 10): for runs that test plumbing."""
+    root = tmp_path_factory.mktemp("small")
+    make_digits_dataset(root, canvas_size=32, min_digit_size=16, max_digit_size=28, max_per_class=5, seed=1)
+    return root
+
+
+def common_args(root: Path, config: Path, output_dir: Path, size: int = 64) -> list[str]:
     return ["--config_name", str(config), "--dataset_path", str(root), "--dataset_name", "digits",
-            "--output_dir", str(output_dir), "--fixed_size", "64", "--flip_prob", "0",
+            "--output_dir", str(output_dir), "--fixed_size", str(size), "--flip_prob", "0",
             "--learning_rate", "5e-4", "--backbone_learning_rate", "5e-4", "--per_device_train_batch_size", "16",
             "--per_device_eval_batch_size", "32", "--save_strategy", "no", "--report_to", "none",
             "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
@@ -109,8 +121,21 @@ def test_training_reaches_far_above_chance(trained):
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {str(i): str(i) for i in range(10)}
     assert "auto_map" in config
+    evaluation = json.loads((output_dir / "eval_results.json").read_text())
+    assert evaluation["eval_num_images"] == 201 and evaluation["eval_num_skipped"] == 1
+    assert [name.split(":")[0].endswith("val/5/broken.png") for name in evaluation["eval_skipped_files"]] == [True]
+    assert json.loads((output_dir / "train_results.json").read_text())["train_num_images"] == 800
+
+
+def test_output_folder_has_an_intr_model_card_with_the_recipe_used(trained):
+    output_dir, metrics = trained
     card = (output_dir / "README.md").read_text()
-    assert "Acc@1" in card and "trained from scratch" in card
+    assert card.startswith("---\n") and "Trained from scratch" in card
+    assert "trust_remote_code=True" in card and "More information needed" not in card
+    assert "StepLR: learning rates x0.1 every 7 epochs" in card and "constant" not in card
+    assert re.search(r"(?is)classes.*\b0\b.*\b9\b", card)
+    assert f"{metrics['eval_acc@1']:.4f}" in card and re.search(r"images evaluated\s*\|\s*201\b", card)
+    assert "AdamW, learning rate 0.0005" in card and "9 epochs" in card
 
 
 def test_eval_only_reproduces_the_reported_metrics(trained, digits_root, tmp_path):
@@ -164,11 +189,52 @@ def test_two_process_data_parallel_training(digits_root, tmp_path):
     assert not list(output_dir.glob("checkpoint-*"))
 
 
-def test_resume_reaches_the_same_weights(digits_root, tmp_path):
+def true_loss(model_dir: Path, root: Path, split: str, size: int) -> float:
+    """The mean cross-entropy of the saved model over every image of `split`, computed here without the Trainer."""
+    model = IntrForImageClassification.from_pretrained(model_dir).eval()
+    dataset = load_image_splits(str(root), "digits", [split]).splits[split]
+    transform = run_finetune.ImageTransform(run_finetune.IntrImageProcessor(size={"height": size, "width": size}))
+    batch = collate_images([dataset.with_transform(transform)[index] for index in range(len(dataset))])
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_two_processes_log_the_same_loss_as_one(small_digits_root, tmp_path):
+    """Same data and weights on 1 and 2 processes (batch 20 = 2 x 10, learning rate 0 so the weights stay those
+    saved): the logged train loss and eval_loss are the same, and equal the saved model's true loss. The Trainer
+    passes `num_items_in_batch` (counted over all processes) to a forward that accepts it and multiplies the loss by
+    the process count, so a model that ignores it logs the loss doubled on two processes."""
+    config = tiny_digits_config(tmp_path / "config.json")
+
+    def arguments(output_dir: Path, batch_size: int) -> list[str]:
+        return common_args(small_digits_root, config, output_dir, size=32) + [
+            "--do_train", "--do_eval", "--num_train_epochs", "1", "--learning_rate", "0", "--backbone_learning_rate",
+            "0", "--lr_drop", "0", "--per_device_train_batch_size", str(batch_size), "--per_device_eval_batch_size",
+            "5", "--logging_steps", "1"]
+
+    one = run_finetune.main(arguments(tmp_path / "one", 20))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    result = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", str(REPO / "run_finetune.py"), *arguments(tmp_path / "two", 10), "--use_cpu"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, capture_output=True,
+        text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    two = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    expected = {"train_loss": true_loss(tmp_path / "one", small_digits_root, "train", 32),
+                "eval_loss": true_loss(tmp_path / "one", small_digits_root, "validation", 32)}
+    for key, value in expected.items():
+        assert one[key] == pytest.approx(value, rel=1e-4), (key, "1 process")
+        assert two[key] == pytest.approx(value, rel=1e-4), (key, "2 processes")
+
+
+def test_resume_reaches_the_same_weights_and_skips_an_incomplete_checkpoint(digits_root, tmp_path, caplog):
     """Interrupt after 4 of 8 steps (checkpoint-4), resume in a fresh run: the same final weights. Dropout, flips
-    and a learning-rate drop at step 4 make every piece of state (RNGs, optimizer, scheduler) matter."""
+    and a learning-rate drop at step 4 make every piece of state (RNGs, optimizer, scheduler) matter. A run killed
+    while writing checkpoint-8 leaves it with 3 files: `--resume_from_checkpoint True` picks checkpoint-4 and says
+    why; naming checkpoint-8 is an error that names checkpoint-4."""
     config = tiny_digits_config(tmp_path / "config.json", dropout=0.1)
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    full, killed = tmp_path / "full", tmp_path / "killed"
 
     def arguments(output_dir):
         return common_args(digits_root, config, output_dir) + [
@@ -176,8 +242,25 @@ def test_resume_reaches_the_same_weights(digits_root, tmp_path):
             "--per_device_train_batch_size", "200", "--lr_drop", "1"]  # 4 steps per epoch: drop after step 4
 
     run_finetune.main(arguments(full))
-    run_finetune.main(arguments(resumed) + ["--resume_from_checkpoint", str(full / "checkpoint-4")])
-    reference, continued = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-4", killed / "checkpoint-4")
+    (killed / "checkpoint-8").mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):  # the kill came after these
+        shutil.copy(full / "checkpoint-8" / name, killed / "checkpoint-8" / name)
+    weights = killed / "checkpoint-8" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert run_finetune.checkpoint_problems(killed / "checkpoint-4") == []
+    problems = run_finetune.checkpoint_problems(killed / "checkpoint-8")
+    assert any("no optimizer state" in p for p in problems)
+    assert any("model.safetensors is unreadable" in p for p in problems)
+
+    with pytest.raises(run_finetune.FinetuneError, match=r"checkpoint-8 is incomplete .*killed/checkpoint-4"):
+        run_finetune.main(arguments(killed) + ["--resume_from_checkpoint", str(killed / "checkpoint-8")])
+    with caplog.at_level("INFO", logger="run_finetune"):
+        run_finetune.main(arguments(killed) + ["--resume_from_checkpoint", "True"])
+    assert re.search(r"Not resuming from \S*killed/checkpoint-8: incomplete \(.*no optimizer state", caplog.text)
+    assert re.search(r"Resuming from \S*killed/checkpoint-4 \(step 4\)", caplog.text)
+    reference, continued = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
     start = load_file(full / "checkpoint-4" / "model.safetensors")
     assert any(not torch.equal(start[name], reference[name]) for name in reference)
     for name, tensor in reference.items():
@@ -230,15 +313,21 @@ def test_step_schedule_and_scheduler_type_are_exclusive(tmp_path):
 
 
 def test_multiscale_augmentation_sizes_within_bounds():
+    """The reference rule: the shorter side becomes one of REFERENCE_SCALES unless that would make the longer side
+    exceed 1333, in which case the longer side is capped at 1333 (give or take DETR's rounding) and the shorter side
+    is smaller than every scale that was possible."""
     random.seed(0)
     augmentation = TrainAugmentation()
+    capped_seen = False
     for height, width in [(300, 500), (480, 640), (1000, 200), (64, 64)]:
         image = Image.new("RGB", (width, height))
         for _ in range(40):
-            out = augmentation(image)
-            short, long = min(out.size), max(out.size)
-            assert short in REFERENCE_SCALES or long <= 1333 + 2, (height, width, out.size)
-            assert long <= 1333 + 2 or short in REFERENCE_SCALES
+            short, long = sorted(augmentation(image).size)
+            assert long <= 1333 + 2, (height, width, short, long)
+            if short not in REFERENCE_SCALES:
+                capped_seen = True
+                assert long >= 1333 - 2 and short < max(REFERENCE_SCALES), (height, width, short, long)
+    assert capped_seen  # the 1000x200 strip always needs the cap
 
 
 def test_fixed_size_and_flip_only_mirrors():
@@ -335,7 +424,7 @@ def test_folder_layout_errors_before_training(tmp_path):
         check_image_folder(tmp_path / "d")
 
 
-def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path):
+def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path, monkeypatch):
     from conftest import tiny_config
 
     model = IntrForImageClassification(tiny_config(num_labels=3, id2label={0: "cat", 1: "dog", 2: "eel"},
@@ -346,8 +435,14 @@ def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)\['cat', 'dog', 'eel'\].*\['ant', 'bee'\]"):
         run_finetune.load_model(args, ["ant", "bee"])
     args.reinit_class_queries = True
+    loads = []
+    from_pretrained = IntrForImageClassification.from_pretrained.__func__
+    monkeypatch.setattr(IntrForImageClassification, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or from_pretrained(cls, *a, **k)))
     for classes in (["ant", "bee"], ["ant", "bee", "cow"]):
+        loads.clear()
         new = run_finetune.load_model(args, classes)
+        assert len(loads) == 1  # the weights are read once
         assert run_finetune.labels_of(new.config) == classes
         assert new.model.class_queries.weight.shape[0] == len(classes)
         assert not torch.equal(new.model.class_queries.weight[:2], model.model.class_queries.weight[:2])
@@ -369,8 +464,9 @@ def test_dataset_by_name_goes_through_load_dataset(tmp_path):
         load_image_splits(None, str(tmp_path / "hub"), ["test"])
 
 
-def test_activation_checkpointing_bf16_and_dataloader_workers(digits_root, tmp_path):
-    """Options that come from TrainingArguments: activation (gradient) checkpointing, bf16 autocast on CPU, workers."""
+def test_activation_checkpointing_bf16_and_dataloader_workers(digits_root, tmp_path, monkeypatch, caplog):
+    """Options that come from TrainingArguments: activation (gradient) checkpointing, bf16 autocast on CPU, workers.
+    On a CPU without native bf16 dot products (mocked here) the run logs one warning that bf16 is emulated."""
     from transformers import TrainerCallback
 
     class Probe(TrainerCallback):
@@ -379,7 +475,225 @@ def test_activation_checkpointing_bf16_and_dataloader_workers(digits_root, tmp_p
 
     probe = Probe()
     config = tiny_digits_config(tmp_path / "config.json")
+    monkeypatch.setattr(run_finetune, "cpu_flags", lambda: {"avx2", "fma"})
     metrics = run_finetune.main(common_args(digits_root, config, tmp_path / "out") + [
         "--do_train", "--max_steps", "2", "--activation_checkpointing", "--bf16", "--use_cpu",
         "--dataloader_num_workers", "2", "--lr_drop", "0"], callbacks=[probe])
     assert probe.checkpointing and np.isfinite(metrics["train_loss"])
+    warnings = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "no native bf16 dot products" in warnings[0] and "emulated" in warnings[0]
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def error_line(argv: list[str], capsys) -> str:
+    """Run the command line in process: it must fail with one `error: ...` line and no traceback; returns the line."""
+    code = run_finetune.cli(argv)
+    out, err = capsys.readouterr()
+    assert code == 1, (out + err)[-3000:]
+    assert "Traceback" not in out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err[-3000:]
+    return last
+
+
+class ArbitraryCode:
+    """Pickled as a call of os.system: a checkpoint that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return os.system, ("echo this must never run",)
+
+
+def two_class_folder(root: Path, splits=("train", "val"), classes=("a", "b")) -> Path:
+    for split in splits:
+        for label in classes:
+            write_image(root / "d" / split / label / "x.png", Image.new("RGB", (8, 8), (200, 10, 10)))
+    return root
+
+
+def intr_folder(path: Path, labels=("a", "b")) -> Path:
+    from conftest import tiny_config
+
+    id2label = dict(enumerate(labels))
+    IntrForImageClassification(tiny_config(num_labels=len(labels), id2label=id2label,
+                                           label2id={v: k for k, v in id2label.items()})).save_pretrained(path)
+    return path
+
+
+def bad_data(case: str, tmp_path: Path) -> list[str]:
+    """--dataset_path / --dataset_name arguments of a broken dataset (see test_data_errors_are_one_line)."""
+    root = tmp_path / "data"
+    if case == "strict_images":
+        two_class_folder(root)
+        (root / "d" / "train" / "a" / "broken.png").write_bytes(b"not a png")
+        return ["--dataset_path", str(root), "--dataset_name", "d", "--strict_images"]
+    if case == "empty class":
+        two_class_folder(root)
+        (root / "d" / "train" / "c").mkdir()
+        (root / "d" / "val" / "c").mkdir()
+    elif case == "class only in one split":
+        two_class_folder(root)
+        write_image(root / "d" / "val" / "c" / "x.png", Image.new("RGB", (8, 8)))
+    elif case == "missing split":
+        two_class_folder(root, splits=("train",))
+    elif case == "one class":
+        two_class_folder(root, classes=("a",))
+    elif case == "classes differ from the model's":
+        two_class_folder(root, classes=("ant", "bee"))
+    return ["--dataset_path", str(root), "--dataset_name", "d"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("strict_images", r"unreadable file.*--strict_images.*broken\.png"),
+    ("empty class", r"Class folder \S+/c has no images"),
+    ("class only in one split", r"different classes: only in train: \[\]; only in val: \['c'\]"),
+    ("missing split", r"no \['val'\] split"),
+    ("one class", r"Classification needs at least two classes; 'd' has 1: \['a'\]"),
+    ("classes differ from the model's", r"classes differ.*\['a', 'b'\].*\['ant', 'bee'\].*--reinit_class_queries"),
+])
+def test_data_errors_are_one_line(case, message, tmp_path, capsys):
+    model = intr_folder(tmp_path / "model")
+    line = error_line(["--model_name_or_path", str(model), "--output_dir", str(tmp_path / "out"), "--do_train",
+                       "--do_eval", "--report_to", "none", *bad_data(case, tmp_path)], capsys)
+    assert re.search(message, line), line
+
+
+def bad_start(case: str, tmp_path: Path) -> str:
+    """A --model_name_or_path that cannot be a starting point (see test_starting_point_errors_are_one_line)."""
+    if case == "missing relative path":
+        return "./no-such-model"
+    if case == "missing absolute path":
+        return str(tmp_path / "no-such-model")
+    if case == "unsafe pickle":
+        torch.save({"model": {"query_embed.weight": ArbitraryCode()}}, tmp_path / "evil.pth")
+        return str(tmp_path / "evil.pth")
+    folder = intr_folder(tmp_path / case.replace(" ", "-"))
+    weights = folder / "model.safetensors"
+    if case == "folder without weights":
+        weights.unlink()
+    elif case == "zero-byte weights":
+        weights.write_bytes(b"")
+    elif case == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "config that is not JSON":
+        (folder / "config.json").write_text("{not json")
+    elif case == "unsafe pickle in a model folder":
+        weights.unlink()
+        torch.save({"presence_head.weight": ArbitraryCode()}, folder / "pytorch_model.bin")
+    return str(folder)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing relative path", r"--model_name_or_path \./no-such-model does not exist \(no such file or folder\)"),
+    ("missing absolute path", r"no-such-model does not exist"),
+    ("folder without weights", r"has no weights \(none of model\.safetensors"),
+    ("zero-byte weights", r"model\.safetensors is empty \(0 bytes\)"),
+    ("truncated weights", r"Cannot load the weights of \S+: \w+: .*"),
+    ("unsafe pickle", r"(?i)(unsafe.*posix\.system|posix\.system.*unsafe)"),  # the global that would run
+    ("unsafe pickle in a model folder", r"Cannot load the weights of \S+: \w+: .*"),
+    ("config that is not JSON", r"could not be read \(OSError: .*not a valid JSON"),
+])
+def test_starting_point_errors_are_one_line(case, message, tmp_path, capsys):
+    root = two_class_folder(tmp_path / "data")
+    line = error_line(["--model_name_or_path", bad_start(case, tmp_path), "--dataset_path", str(root),
+                       "--dataset_name", "d", "--output_dir", str(tmp_path / "out"), "--do_eval", "--report_to",
+                       "none"], capsys)
+    assert re.search(message, line), line
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_non_empty_output_folder_is_refused_unless_overwrite_or_resume(small_digits_root, tmp_path, capsys):
+    """transformers' convention: a previous run's folder is refused; --overwrite_output_dir leaves nothing of it
+    (its eval results are not merged into the new all_results.json, its checkpoints are gone)."""
+    config = tiny_digits_config(tmp_path / "config.json")
+    output_dir = tmp_path / "out"
+    (output_dir / "checkpoint-99").mkdir(parents=True)
+    (output_dir / "checkpoint-99" / "model.safetensors").write_bytes(b"previous run, 3 classes")
+    (output_dir / "eval_results.json").write_text(json.dumps({"eval_acc@1": 0.25, "eval_previous_run": 1}))
+    (output_dir / "all_results.json").write_text(json.dumps({"eval_acc@1": 0.25, "eval_previous_run": 1}))
+    arguments = common_args(small_digits_root, config, output_dir, size=32) + [
+        "--do_train", "--do_eval", "--max_steps", "1", "--lr_drop", "0"]
+    line = error_line(arguments, capsys)
+    assert "--output_dir" in line and "is not empty" in line and "--overwrite_output_dir" in line
+    line = error_line(arguments + ["--resume_from_checkpoint", "True"], capsys)
+    assert "Nothing to resume" in line and "checkpoint-99: " in line  # resuming is allowed, but that one is broken
+    line = error_line(common_args(small_digits_root, config, tmp_path, size=32) + [
+        "--do_train", "--max_steps", "1", "--overwrite_output_dir"], capsys)
+    assert "would delete" in line  # the folder holding the config (and the data) is never cleared
+
+    run_finetune.main(arguments + ["--overwrite_output_dir"])
+    assert not (output_dir / "checkpoint-99").exists()
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert "eval_previous_run" not in results and results["eval_num_images"] == 10
+    assert "eval_previous_run" not in json.loads((output_dir / "eval_results.json").read_text())
+
+
+def test_missing_training_dependency_is_one_pip_line(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setitem(sys.modules, "evaluate", None)  # `import evaluate` fails as if not installed
+    monkeypatch.setattr(sys, "argv", ["run_finetune.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "run_finetune.py"), run_name="__main__")
+    assert exit_info.value.code == ("error: run_finetune.py needs the training extras (evaluate is not installed): "
+                                    "pip install 'intr-transformers[train]'")
+    with pytest.raises(ImportError, match=r"pip install 'intr-transformers\[train\]'"):
+        runpy.run_path(str(REPO / "run_finetune.py"), run_name="imported")
+
+
+def test_help_starts_with_a_description_and_the_intr_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_finetune.cli(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    description = text.index("Fine-tune and evaluate INTR")
+    groups = [text.index(name) for name in ("\nINTR model:", "\nINTR data:", "\nTrainer (transformers")]
+    assert description < groups[0] < groups[1] < groups[2]
+    assert "--reinit_class_queries" in text[groups[0]:groups[1]] and "--overwrite_output_dir" in text[groups[2]:]
+
+
+def test_bf16_emulation_is_detected_from_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(run_finetune, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    assert not run_finetune.bf16_is_native(cpu)
+    for flag in ("avx512_bf16", "amx_bf16", "bf16"):
+        monkeypatch.setattr(run_finetune, "cpu_flags", lambda flag=flag: {"avx2", flag})
+        assert run_finetune.bf16_is_native(cpu)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert run_finetune.bf16_is_native(torch.device("cuda")) is supported
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
+def test_conversion_on_the_fly_logs_the_converters_summary(small_digits_root, tmp_path, caplog):
+    checkpoint = FIXTURES / "official_intr_r18" / "checkpoint.pth"
+    with caplog.at_level("INFO"):
+        metrics = run_finetune.main(["--model_name_or_path", str(checkpoint), "--reinit_class_queries",
+                                     "--dataset_path", str(small_digits_root), "--dataset_name", "digits",
+                                     "--output_dir", str(tmp_path), "--do_eval", "--fixed_size", "32",
+                                     "--report_to", "none", "--dataloader_pin_memory", "false"])
+    summaries = [r.getMessage() for r in caplog.records if r.name.startswith("modeling_intr") and r.levelname == "INFO"]
+    assert any("checkpoint.pth" in message and "10" in message for message in summaries), caplog.text[-3000:]
+    assert metrics["eval_num_images"] == 10
+
+
+def test_write_digits_card_help():
+    import write_digits_card
+
+    with pytest.raises(SystemExit) as exit_info:
+        write_digits_card.main(["--help"])
+    assert exit_info.value.code == 0
+
+
+def test_datasets_log_lines_are_printed_once(tmp_path):
+    """datasets prints its records through its own handler; they must not also reach the root handler that
+    run_finetune.py sets up (each line would be printed twice). The converter's summary (INFO) is shown."""
+    import logging
+
+    _, _, training_args = run_finetune.parse_arguments(
+        ["--config_name", "c.json", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train"])
+    run_finetune.setup_logging(training_args)
+    datasets_logger = logging.getLogger("datasets")
+    assert datasets_logger.handlers and not datasets_logger.propagate
+    assert logging.getLogger("modeling_intr.convert").isEnabledFor(logging.INFO)

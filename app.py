@@ -205,18 +205,15 @@ class Explorer:
         if self.vit is None or explanation is None:
             return []
         vit_labels = {str(v): int(k) for k, v in self.vit.config.id2label.items()}
-        predicted = int(explanation.vit_logits.argmax())
-        predicted_name = self.vit.config.id2label[predicted]
-        probability = float(explanation.vit_logits.softmax(-1)[predicted])
         maps = [explanation.vit_attention_rollout]
-        captions = [f"ViT attention rollout (ViT predicts {predicted_name}, {probability:.2f})"]
+        captions = ["attention rollout"]
         if class_name in vit_labels:
             vit_class = vit_labels[class_name]
             if vit_class not in explanation.vit_gradient_rollouts:
                 rollout = gradient_rollout(self.vit, explanation.vit_pixel_values, [vit_class])[0]
                 explanation.vit_gradient_rollouts[vit_class] = rollout
             maps.append(explanation.vit_gradient_rollouts[vit_class])
-            captions.append(f"ViT gradient rollout for {class_name}")
+            captions.append(f"gradient rollout · {class_name}")
         return _overlays(explanation.image, torch.stack(maps), captions, opacity, SHOWN_SIDE)
 
     def render(self, explanation, class_id, layer, opacity):
@@ -224,9 +221,13 @@ class Explorer:
         if explanation is None:
             return [], "", [], []
         class_id, layer = int(class_id), self.layer_index(layer)
+        text = self.peaks(explanation, class_id, layer)
+        if self.vit is not None:
+            (vit_top,) = top_predictions(explanation.vit_logits, self.vit.config.id2label, 1)
+            text += f"\n\nThe ViT predicts *{vit_top['label']}* ({vit_top['score']:.2f})."
         return (
             self.head_overlays(explanation, class_id, layer, opacity),
-            self.peaks(explanation, class_id, layer),
+            text,
             self.similar_overlays(explanation, class_id, layer, opacity),
             self.vit_overlays(explanation, self.id2label[class_id], opacity),
         )
@@ -264,6 +265,8 @@ class Explorer:
                     image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image")
                     gr.Examples([[str(path)] for path in SAMPLE_IMAGES], inputs=image, label="Examples")
                     predictions = gr.Label(num_top_classes=TOP_K, label="Top predictions", elem_id="predictions")
+                    vit = gr.Gallery(label="A ViT, for comparison", columns=2, height="fit-content", format="png",
+                                     elem_id="vit", visible=self.vit is not None)
                 with gr.Column(scale=2):
                     with gr.Row():
                         class_choice = gr.Dropdown(
@@ -278,8 +281,6 @@ class Explorer:
                     peaks = gr.Markdown(elem_id="peaks")
                     similar = gr.Gallery(label=f"The {TOP_Q} most similar classes x heads", columns=self.num_heads,
                                          height="fit-content", format="png", elem_id="similar")
-                    vit = gr.Gallery(label="ViT for comparison", columns=self.num_heads + 1, height="fit-content", format="png",
-                                     elem_id="vit", visible=self.vit is not None)
             views = [heads, peaks, similar, vit]
             image.change(self.on_upload, [image, layer, opacity], [explanation, predictions, class_choice, *views],
                          preprocess=False, api_visibility="private")

@@ -13,7 +13,9 @@ API (`gradio_client`): `Client(url).predict(handle_file(path), class_name, layer
 predictions (a `gr.Label` value) and the overlays (a gallery: `head 0` ... `head H-1`, then `average`).
 
 Runs offline: analytics are off and the theme uses system fonts, so the page fetches nothing from the internet.
-`GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` set the defaults of `--host` / `--port` (a Space sets them).
+`GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` set the defaults of `--host` / `--port` (a Space sets them), and
+`INTR_EXPLORER_MODEL` / `INTR_EXPLORER_VIT` those of `--model` / `--vit` (a Space runs `python app.py` without
+arguments: set them as the Space's variables).
 """
 
 import argparse
@@ -305,8 +307,11 @@ def _overlays(image, maps, captions, opacity, side):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="INTR folder or Hub repo (default: %(default)s)")
-    parser.add_argument("--vit", help="ViT-family classifier (folder or Hub repo) to compare with, e.g. examples/vit-digits")
+    parser.add_argument("--model", default=os.environ.get("INTR_EXPLORER_MODEL", str(DEFAULT_MODEL)),
+                        help="INTR folder or Hub repo (default: $INTR_EXPLORER_MODEL or the embedded digits model)")
+    parser.add_argument("--vit", default=os.environ.get("INTR_EXPLORER_VIT"),
+                        help="ViT-family classifier (folder or Hub repo) to compare with, e.g. examples/vit-digits "
+                             "(default: $INTR_EXPLORER_VIT, else none)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

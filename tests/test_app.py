@@ -151,12 +151,19 @@ def test_bad_api_arguments_name_the_fix(explorer):
         explorer.api_explain(None, "", -1)
 
 
-def test_host_and_port_default_to_gradios_environment_variables(monkeypatch):
+def test_command_line_defaults_come_from_the_environment(monkeypatch):
+    for name in ("GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME", "INTR_EXPLORER_MODEL", "INTR_EXPLORER_VIT"):
+        monkeypatch.delenv(name, raising=False)
+    args = app.build_parser().parse_args([])
+    assert (args.model, args.vit, args.port, args.host) == (str(app.DEFAULT_MODEL), None, 7860, "127.0.0.1")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("INTR_EXPLORER_MODEL", "someone/intr-birds")
+    monkeypatch.setenv("INTR_EXPLORER_VIT", str(VIT))
     args = app.build_parser().parse_args([])
-    assert (args.port, args.host, args.vit) == (8123, "0.0.0.0", None)
-    assert app.build_parser().parse_args(["--port", "9000", "--host", "localhost"]).port == 9000
+    assert (args.model, args.vit, args.port, args.host) == ("someone/intr-birds", str(VIT), 8123, "0.0.0.0")
+    args = app.build_parser().parse_args(["--port", "9000", "--host", "localhost", "--model", "m", "--vit", "v"])
+    assert (args.model, args.vit, args.port, args.host) == ("m", "v", 9000, "localhost")
 
 
 # ---------------------------------------------------------------- API
@@ -198,6 +205,7 @@ def served_app(tmp_path):
     """`python app.py --vit examples/vit-digits` on a free port, in a subprocess; yields its URL."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
+    env.pop("INTR_EXPLORER_MODEL", None)  # the embedded digits model
     log = open(tmp_path / "app.log", "w")
     process = subprocess.Popen(
         [sys.executable, str(REPO / "app.py"), "--vit", str(VIT), "--port", str(port)],

@@ -265,7 +265,8 @@ class Explorer:
             with gr.Row():
                 with gr.Column(scale=1):
                     image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image")
-                    gr.Examples([[str(path)] for path in SAMPLE_IMAGES], inputs=image, label="Examples")
+                    gr.Examples([[str(path)] for path in SAMPLE_IMAGES], inputs=image, label="Examples",
+                                elem_id="examples")
                     predictions = gr.Label(num_top_classes=TOP_K, label="Top predictions", elem_id="predictions")
                     vit = gr.Gallery(label="A ViT, for comparison", columns=2, height="fit-content", format="png",
                                      elem_id="vit", visible=self.vit is not None)

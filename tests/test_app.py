@@ -269,6 +269,12 @@ def test_page_in_a_real_browser(served_app, tmp_path):
             assert [_head_images(page).nth(k).get_attribute("alt") for k in range(5)] == captions
             expect(page.locator("#predictions [data-testid=label-output-value]")).to_have_text("7")
 
+            page.locator("#examples img").first.click()  # a new image: its predicted class is selected again
+            expect(page.locator("#peaks")).to_contain_text("Peaks of 7", timeout=30_000)
+            expect(page.locator("#class input")).to_have_value("7")
+            expect(_head_images(page).last).to_have_attribute("src", maps_of_7[-1])  # the same picture as before
+            assert [_head_images(page).nth(k).get_attribute("src") for k in range(5)] == maps_of_7
+
             screenshot = tmp_path / "intr_explorer.png"
             page.screenshot(path=str(screenshot), full_page=True)
             print(f"screenshot: {screenshot}")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
 # Before torch is imported: idle OpenMP threads sleep instead of spinning. Re-rendering is many small tensor ops; on
-# a busy CPU (a shared Space) spinning threads made a class switch 20x slower (measured: 2.6 s -> 0.04 s).
+# a busy CPU (a shared Space) spinning threads made a class switch 20x slower (measured on a loaded 2-core machine:
+# 1.9 s with OMP_WAIT_POLICY=ACTIVE, 0.1 s with PASSIVE).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr

@@ -284,7 +284,7 @@ class Explorer:
                                        height="fit-content", format="png", elem_id="heads")
                     peaks = gr.Markdown(elem_id="peaks")
                     similar = gr.Gallery(label=f"The {TOP_Q} most similar classes x heads", columns=self.num_heads,
-                                         height="fit-content", format="png", elem_id="similar")
+                                         height="fit-content", format="webp", elem_id="similar")  # small, fast
             views = [heads, peaks, similar, vit]
             image.change(self.on_upload, [image, layer, opacity], [explanation, predictions, class_choice, *views],
                          preprocess=False, api_visibility="private")

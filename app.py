@@ -223,7 +223,8 @@ class Explorer:
         """Every view of one (class, layer, opacity) from the cached maps: heads, peaks, similar classes, ViT."""
         if explanation is None:
             return [], "", [], []
-        class_id, layer = int(class_id), self.layer_index(layer)
+        class_id = int(explanation.logits.argmax()) if class_id is None else int(class_id)
+        layer = self.layer_index(layer)
         text = self.peaks(explanation, class_id, layer)
         if self.vit is not None:
             (vit_top,) = top_predictions(explanation.vit_logits, self.vit.config.id2label, 1)

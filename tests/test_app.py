@@ -138,6 +138,12 @@ def test_unreadable_upload_gets_a_clear_message(explorer, tmp_path, content):
 def test_clearing_the_image_clears_the_views(explorer):
     explanation, predictions, _, heads, peaks, similar, vit_maps = explorer.on_upload(None, -1, 0.5)
     assert explanation is None and predictions is None and heads == similar == vit_maps == [] and peaks == ""
+    assert explorer.render(None, 3, 1, 0.5) == ([], "", [], [])
+
+
+def test_no_class_selected_shows_the_predicted_class(explorer):
+    explanation = explorer.explain(str(SAMPLE))
+    assert explorer.render(explanation, None, 1, 0.5)[1] == explorer.render(explanation, 7, 1, 0.5)[1]
 
 
 def test_bad_api_arguments_name_the_fix(explorer):

@@ -36,8 +36,10 @@ from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from modeling_intr.image_processing_intr import resize_maps
-from modeling_intr.interpret import attention_rollout, gradient_rollout, peak_location, similar_classes, top_predictions
-from modeling_intr.visualize import overlay
+from modeling_intr.interpret import similar_classes, top_predictions
+from modeling_intr.localization import peak_location
+from modeling_intr.pictures import overlay
+from modeling_intr.vit_rollout import attention_rollout, gradient_rollout
 
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"

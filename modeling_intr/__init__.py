@@ -3,8 +3,10 @@
 `configuration_intr.py`, `modeling_intr.py` and `image_processing_intr.py` are the Hub code bundle (siblings that
 `save_pretrained` copies next to the weights); the rest of the package builds on them: checkpoint conversion
 (`checkpoint_io` -> `checkpoint_layouts` -> `checkpoint_config` -> `checkpoints`; the folder: `convert`, `hub_folder`,
-`model_card`), datasets (`data`, `image_folders`) and interpretation (`interpret`, `visualize`). Importing the
-package registers INTR with the transformers auto classes, in process and for `save_pretrained`.
+`model_card`), datasets (`data`, `image_folders`), explanations (`interpret`, `vit_rollout`, `faithfulness`,
+`localization`) and their pictures and command line (`pictures`; `visualize` over `visualize_inputs`,
+`visualize_batches`, `visualize_outputs`). Importing the package registers INTR with the transformers auto classes,
+in process and for `save_pretrained`.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
@@ -20,16 +22,10 @@ from .checkpoints import (
     load_reference_checkpoint,
 )
 from .configuration_intr import IntrConfig, resnet_backbone_config
+from .faithfulness import evaluate_explanations
 from .image_processing_intr import IntrImageProcessor
-from .interpret import (
-    attention_rollout,
-    evaluate_explanations,
-    explain,
-    gradient_rollout,
-    localization_scores,
-    mass_in_box,
-    pointing_game,
-)
+from .interpret import explain
+from .localization import localization_scores, mass_in_box, pointing_game
 from .model_card import intr_model_card
 from .modeling_intr import (
     IntrForImageClassification,
@@ -38,6 +34,7 @@ from .modeling_intr import (
     IntrModelOutput,
     IntrPreTrainedModel,
 )
+from .vit_rollout import attention_rollout, gradient_rollout
 
 AutoConfig.register(IntrConfig.model_type, IntrConfig, exist_ok=True)
 AutoModel.register(IntrConfig, IntrModel, exist_ok=True)

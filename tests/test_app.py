@@ -24,7 +24,7 @@ import app  # noqa: E402
 import gradio as gr  # noqa: E402
 from modeling_intr import explain  # noqa: E402
 from modeling_intr.image_processing_intr import resize_maps  # noqa: E402
-from modeling_intr.interpret import peak_location  # noqa: E402
+from modeling_intr.localization import peak_location  # noqa: E402
 
 SAMPLE = REPO / "examples" / "sample_digit.png"  # a 7
 VIT = REPO / "examples" / "vit-digits"

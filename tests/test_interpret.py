@@ -1,4 +1,4 @@
-"""Tests of `modeling_intr.interpret` (INTR maps against the reference's float64 truth, bfloat16 models, ViT
+"""Tests of the explanations (`interpret`: INTR maps against the reference's float64 truth, bfloat16 models, ViT
 rollouts from their definitions, faithfulness, localization); the command line is in test_visualize.py."""
 
 import copy
@@ -20,15 +20,10 @@ from transformers import (
 
 from conftest import assert_matches_truth, reference_fixture, requires_fixtures, tiny_config
 from modeling_intr import IntrForImageClassification, IntrImageProcessor, load_reference_checkpoint
-from modeling_intr.interpret import (
-    attention_rollout,
-    evaluate_explanations,
-    explain,
-    gradient_rollout,
-    localization_scores,
-    mass_in_box,
-    pointing_game,
-)
+from modeling_intr.faithfulness import evaluate_explanations
+from modeling_intr.interpret import explain
+from modeling_intr.localization import localization_scores, mass_in_box, pointing_game
+from modeling_intr.vit_rollout import attention_rollout, gradient_rollout
 
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]

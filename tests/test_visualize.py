@@ -80,7 +80,7 @@ INTR_FILES = {"head_0.png", "head_1.png", "head_2.png", "head_3.png", "head_aver
 
 
 def test_command_line_on_an_image_with_a_box_and_labelled_titles(workspace, tmp_path, monkeypatch):
-    from modeling_intr import visualize
+    from modeling_intr import visualize, visualize_outputs
 
     titles = []
 
@@ -91,8 +91,8 @@ def test_command_line_on_an_image_with_a_box_and_labelled_titles(workspace, tmp_
             return figure
         return wrapper
 
-    monkeypatch.setattr(visualize, "draw_maps_panel", record(visualize.draw_maps_panel))
-    monkeypatch.setattr(visualize, "draw_top_q_panel", record(visualize.draw_top_q_panel))
+    monkeypatch.setattr(visualize_outputs, "draw_maps_panel", record(visualize_outputs.draw_maps_panel))
+    monkeypatch.setattr(visualize_outputs, "draw_top_q_panel", record(visualize_outputs.draw_top_q_panel))
     image = workspace / "data" / "digits" / "val" / "1" / "01.png"
     visualize.main([str(image), "--model", str(workspace / "intr"), "--output_dir", str(tmp_path),
                     "--top_q", "2", "--bbox", "0", "0", "32", "32"])
@@ -173,7 +173,8 @@ def test_visualize_and_training_see_identical_pixels_for_a_16_bit_image(tmp_path
     import datasets
 
     from modeling_intr.data import ImageTransform
-    from modeling_intr.visualize import build_parser, collect_images, read_image
+    from modeling_intr.visualize import build_parser
+    from modeling_intr.visualize_inputs import collect_images, read_image
 
     gray = np.random.default_rng(0).integers(0, 65536, (40, 56), dtype=np.uint16)
     path = tmp_path / "sixteen.png"
@@ -225,7 +226,7 @@ def test_prints_each_prediction_and_where_its_files_went(workspace, tmp_path, ca
 
 
 def test_single_map_pictures_have_a_title_and_a_colour_scale_and_the_box(workspace, tmp_path, monkeypatch):
-    from modeling_intr import visualize
+    from modeling_intr import visualize, visualize_outputs
 
     drawn = []
 
@@ -234,8 +235,8 @@ def test_single_map_pictures_have_a_title_and_a_colour_scale_and_the_box(workspa
         drawn.append((overlay_picture, figure))
         return figure
 
-    original = visualize.draw_single_map
-    monkeypatch.setattr(visualize, "draw_single_map", record)
+    original = visualize_outputs.draw_single_map
+    monkeypatch.setattr(visualize_outputs, "draw_single_map", record)
     image = workspace / "data" / "digits" / "val" / "1" / "01.png"
     visualize.main([str(image), "--model", str(workspace / "intr"), "--output_dir", str(tmp_path), "--top_q", "0",
                     "--bbox", "8", "10", "30", "40"])
@@ -250,7 +251,7 @@ def test_single_map_pictures_have_a_title_and_a_colour_scale_and_the_box(workspa
 
 
 def test_overlay_without_box_draws_no_rectangle():
-    from modeling_intr.visualize import overlay
+    from modeling_intr.pictures import overlay
 
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     plain = overlay(image, torch.rand(32, 32, generator=torch.Generator().manual_seed(0)))
@@ -346,14 +347,14 @@ def test_command_line_errors_without_a_traceback_in_a_clean_process(tmp_path):
 
 
 def test_without_arguments_it_explains_the_sample_or_says_what_to_pass(tmp_path, monkeypatch, capsys):
-    from modeling_intr import visualize
+    from modeling_intr import visualize, visualize_inputs
 
     monkeypatch.chdir(tmp_path)
     assert visualize.main(["--top_q", "0", "--no_pictures"]) == visualize.Path("outputs/explain")  # in a checkout
     assert (tmp_path / "outputs" / "explain" / "intr-digits" / "sample_digit" / "summary.json").is_file()
     capsys.readouterr()
     # installed without the repository's examples/: no sample to fall back on
-    monkeypatch.setattr(visualize, "DEFAULT_IMAGE", tmp_path / "absent" / "sample_digit.png")
-    monkeypatch.setattr(visualize, "DEFAULT_MODEL", tmp_path / "absent" / "intr-digits")
+    monkeypatch.setattr(visualize_inputs, "DEFAULT_IMAGE", tmp_path / "absent" / "sample_digit.png")
+    monkeypatch.setattr(visualize_inputs, "DEFAULT_MODEL", tmp_path / "absent" / "intr-digits")
     error = run_main([], capsys)
     assert error.startswith("error: no image given") and "--model" in error

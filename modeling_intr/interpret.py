@@ -8,10 +8,9 @@ The ViT baselines are in `modeling_intr.vit_rollout`, deletion/insertion faithfu
 box localization scores in `modeling_intr.localization`, pictures and the command line in `modeling_intr.visualize`.
 """
 
-import numpy as np
 import torch
 
-from .image_processing_intr import at_least_float32, resize_maps
+from .image_processing_intr import at_least_float32, per_image_class_ids, resize_maps
 
 
 def top_predictions(logits, id2label, top_k=5):
@@ -36,15 +35,6 @@ def top_predictions(logits, id2label, top_k=5):
 
 def _label(id2label, class_id):
     return str(id2label.get(int(class_id), int(class_id)))
-
-
-def _per_image_class_ids(class_ids, batch_size):
-    """None, an int, or per image None / an int / a list of ints -> one list of ints (None: predicted) per image."""
-    if class_ids is None or isinstance(class_ids, int):
-        return [None if class_ids is None else [class_ids]] * batch_size
-    if len(class_ids) != batch_size:
-        raise ValueError(f"Got {len(class_ids)} class ids for {batch_size} images; give one (or a list) per image.")
-    return [None if c is None else [int(c)] if np.ndim(c) == 0 else [int(x) for x in c] for c in class_ids]
 
 
 def similar_classes(logits, requested, top_q):
@@ -106,13 +96,11 @@ def explain(model, processor, images, class_ids=None, top_q=5, layer=-1, top_k=5
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)  # a bfloat16/float16-loaded model
     outputs = model(**inputs, output_attentions=True)
     logits = at_least_float32(outputs.logits).cpu()  # float32 maps and scores from a bfloat16 model
-    num_labels, id2label = logits.shape[-1], model.config.id2label
+    id2label = model.config.id2label
 
     explained_per_image, requested_per_image, similar_per_image = [], [], []
-    for index, requested in enumerate(_per_image_class_ids(class_ids, len(rgb))):
-        requested = requested or [int(logits[index].argmax())]
-        if any(not 0 <= c < num_labels for c in requested):
-            raise ValueError(f"Class ids {requested} must lie in [0, {num_labels - 1}] (the model has {num_labels}).")
+    for index, requested in enumerate(per_image_class_ids(class_ids, logits)):  # count and range checked
+        requested = (requested if isinstance(requested, list) else [requested]) or [int(logits[index].argmax())]
         similar = similar_classes(logits[index], requested, top_q)
         requested_per_image.append(requested)
         similar_per_image.append(similar)

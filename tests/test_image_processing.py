@@ -17,6 +17,7 @@ from modeling_intr.image_processing_intr import (
     crop_to_mask,
     get_resize_output_size,
     pad_images,
+    per_image_class_ids,
     to_rgb_array,
 )
 
@@ -415,6 +416,20 @@ def test_attention_maps_resized_bilinearly_to_target_size():
     as_tensor = torch.tensor([[90, 120], [40, 50]])
     from_tensor = processor.post_process_attention_maps(outputs, target_sizes=as_tensor)
     assert torch.equal(from_tensor[0]["attention_maps"], maps)
+
+
+def test_class_ids_per_image_one_rule_for_maps_and_explain():
+    """None means each image's predicted class (argmax), an int means that class for every image, a list gives per
+    image None, an int or a list; wrong counts and out-of-range ids are errors (post_process and explain share it)."""
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 1.0]])
+    assert per_image_class_ids(None, logits) == [1, 0]
+    assert per_image_class_ids(2, logits) == [2, 2]
+    assert per_image_class_ids([None, [2, 1]], logits) == [1, [2, 1]]
+    assert per_image_class_ids(torch.tensor([2, 1]), logits) == [2, 1]
+    with pytest.raises(ValueError, match="3 class ids for a batch of 2 images"):
+        per_image_class_ids([0, 1, 2], logits)
+    with pytest.raises(ValueError, match=r"\[1, 3\] must lie in \[0, 2\]"):
+        per_image_class_ids([0, [1, 3]], logits)
 
 
 def test_attention_map_errors():

@@ -85,6 +85,16 @@ def test_explain_is_built_on_post_process_attention_maps(reference):
 
 
 @requires_fixtures
+def test_explain_takes_none_as_the_predicted_class_and_refuses_unknown_classes(reference):
+    model, truth, images = reference
+    processor = IntrImageProcessor(do_resize=False)
+    results = explain(model, processor, images, class_ids=[None, 6], top_q=0)
+    assert results[0]["class_ids"] == [int(truth["logits"][0].argmax())] and results[1]["class_ids"] == [6]
+    with pytest.raises(ValueError, match=rf"\[{model.config.num_labels}\] must lie in"):
+        explain(model, processor, images, class_ids=[0, [model.config.num_labels]])
+
+
+@requires_fixtures
 def test_explain_excludes_padding_and_resizes_to_the_original_image(reference):
     model, _, images = reference
     results = explain(model, IntrImageProcessor(do_resize=False), images, top_q=0)

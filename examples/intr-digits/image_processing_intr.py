@@ -1,17 +1,10 @@
-"""Image processor for INTR (interpretable transformer image classifier).
+"""Image processor for INTR: the reference INTR / DETR evaluation transform (bilinear resize to a shorter side of 800,
+longer side at most 1333, by the reference size rule; scale to [0, 1]; ImageNet normalization; bottom/right zero
+padding with a `pixel_mask`), and `post_process_attention_maps`, the per-head class maps INTR's explanation is made of.
 
-The default pipeline reproduces the reference INTR / DETR evaluation transform: resize an RGB `uint8` PIL image with
-bilinear resampling so that its shorter side is 800 pixels unless the longer side would then exceed 1333 (using the
-reference size rule, including its rounding), scale to [0, 1], normalize with the ImageNet mean and std, and pad the
-batch bottom/right with zeros, returning a `pixel_mask` marking the real pixels.
-
-`IntrImageProcessor.post_process_attention_maps` turns the model's decoder cross-attentions into per-head attention
-maps of the predicted (or requested) classes, the explanation INTR is built for.
-
-This module owns every piece of image handling the project needs, so training, `explain()`, the visualize command and
-the examples agree pixel for pixel: loading (`load_image`), conversion to 8-bit RGB (`to_rgb_array`, one rule per
-mode), the resize rule (`get_resize_output_size`), padding with a mask (`pad_images`), cropping padded images or maps
-back to their real region (`crop_to_mask`, `crop_padded_batch`), and resizing maps to an image (`resize_maps`).
+This module owns all image handling, so training, `explain()`, the visualize command and the examples agree pixel for
+pixel: `load_image`, `to_rgb_array` (8-bit RGB, one rule per mode), `get_resize_output_size`, `pad_images`,
+`crop_to_mask` / `crop_padded_batch` (back to the real region), `resize_maps` and `per_image_class_ids`.
 """
 
 import numpy as np
@@ -38,20 +31,12 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 def get_resize_output_size(image_size, shortest_edge, longest_edge=None):
     """
-    Output `(height, width)` of the reference INTR / DETR resize rule.
+    Output `(height, width)` of the reference INTR / DETR resize rule for an input `image_size` `(height, width)`.
 
-    The shorter side becomes `shortest_edge`, unless the longer side would then exceed `longest_edge`; in that case
-    the shorter side becomes `round(longest_edge * short / long)`. The longer side is then `int(short_target * long /
-    short)`, computed from the *rounded* shorter side, so it can exceed `longest_edge` by a pixel or two (a 1500x300
-    image becomes 267x1335). An image whose shorter side already has the target length is left as is.
-
-    Args:
-        image_size (`tuple[int, int]`): `(height, width)` of the input image.
-        shortest_edge (`int`): target length of the shorter side.
-        longest_edge (`int`, *optional*): bound on the longer side.
-
-    Raises:
-        `ValueError` for an image so thin (e.g. 1 x 3000 pixels) that the rule gives it a side of 0 pixels.
+    The shorter side becomes `shortest_edge`, or `round(longest_edge * short / long)` if the longer side would exceed
+    `longest_edge`; the longer side is `int(short_target * long / short)` from the *rounded* shorter side, so it can
+    exceed `longest_edge` by a pixel or two (1500x300 -> 267x1335). An image already at the target is left as is.
+    `ValueError` for an image so thin (e.g. 1 x 3000) that a side would become 0 pixels.
     """
     height, width = image_size
     short, long = min(height, width), max(height, width)
@@ -72,16 +57,8 @@ def get_resize_output_size(image_size, shortest_edge, longest_edge=None):
 
 def crop_to_mask(values, mask):
     """
-    Crop maps or images over a padded grid to the real (unpadded) region. Padding is at the bottom/right, so the
-    real region is the first `mask[:, 0].sum()` rows and the first `mask[0].sum()` columns.
-
-    Args:
-        values (`torch.Tensor` of shape `(..., height, width)`): maps or an image over the padded grid.
-        mask (`torch.Tensor` of shape `(height, width)`): nonzero / `True` at real positions (a `pixel_mask` or the
-            model's `feature_mask`).
-
-    Returns:
-        `torch.Tensor` of shape `(..., real_height, real_width)` (a view).
+    Crop `values` `(..., height, width)` over a bottom/right-padded grid to the real region marked by `mask`
+    `(height, width)` (a `pixel_mask` or the model's `feature_mask`): a view `(..., real_height, real_width)`.
     """
     real_height = int((mask[:, 0] != 0).sum())
     real_width = int((mask[0] != 0).sum())
@@ -90,15 +67,8 @@ def crop_to_mask(values, mask):
 
 def crop_padded_batch(pixel_values, pixel_mask=None):
     """
-    Each image of a padded batch cropped back to its real region (what the processor's padding added is removed).
-
-    Args:
-        pixel_values (`torch.Tensor` of shape `(batch_size, 3, height, width)`, or a list of `(3, h, w)` tensors).
-        pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*): 1 on real pixels; None: the
-            images are not padded.
-
-    Returns:
-        `list[torch.Tensor]` of shape `(3, h, w)`, float32 on the CPU.
+    Each image of `pixel_values` `(batch_size, 3, height, width)` (or a list of `(3, h, w)`) cropped to its real region
+    by `pixel_mask` `(batch_size, height, width)` (None: not padded). Returns float32 CPU tensors `(3, h, w)`.
     """
     images = [image.float().cpu() for image in pixel_values]
     if pixel_mask is None:
@@ -108,19 +78,11 @@ def crop_padded_batch(pixel_values, pixel_mask=None):
 
 def pad_images(images, pad_size=None):
     """
-    Pad images bottom/right with zeros to the largest height and width (or to `pad_size`) and mark the real pixels.
-
-    Args:
-        images (`list` of `torch.Tensor` or `np.ndarray` of shape `(channels, h, w)`): the images.
-        pad_size (`tuple[int, int]`, *optional*): `(height, width)` to pad to instead of the largest image.
-
-    Returns:
-        `(pixel_values, pixel_mask)`: `(batch_size, channels, height, width)` of the images' dtype and
-        `(batch_size, height, width)` int64, 1 on real pixels; torch tensors for tensor inputs, NumPy arrays otherwise.
+    Pad `images` (tensors or arrays `(channels, h, w)`) bottom/right with zeros to the largest height and width, or to
+    `pad_size` `(height, width)`. Returns `pixel_values` `(batch_size, channels, height, width)` of the images' dtype
+    and `pixel_mask` `(batch_size, height, width)` int64, 1 on real pixels (torch for tensor inputs, else NumPy).
     """
-    if pad_size is None:
-        pad_size = (max(image.shape[-2] for image in images), max(image.shape[-1] for image in images))
-    height, width = pad_size
+    height, width = pad_size or (max(image.shape[-2] for image in images), max(image.shape[-1] for image in images))
     too_large = [tuple(image.shape[-2:]) for image in images if image.shape[-2] > height or image.shape[-1] > width]
     if too_large:
         raise ValueError(f"cannot pad images of size {too_large} to the smaller pad size {height}x{width}.")
@@ -137,16 +99,8 @@ def pad_images(images, pad_size=None):
 
 
 def attention_to_feature_map(attention, feature_mask):
-    """
-    Reshape attention rows over the flattened feature grid to 2D maps and crop them to the real region.
-
-    Args:
-        attention (`torch.Tensor` of shape `(..., height * width)`): attention weights, row-major over the grid.
-        feature_mask (`torch.BoolTensor` of shape `(height, width)`): `True` at real feature positions.
-
-    Returns:
-        `torch.Tensor` of shape `(..., real_height, real_width)`.
-    """
+    """Attention rows `(..., height * width)`, row-major over the feature grid, as maps cropped to the real region of
+    `feature_mask` `(height, width)`: `(..., real_height, real_width)`."""
     return crop_to_mask(attention.reshape(*attention.shape[:-1], *feature_mask.shape), feature_mask)
 
 
@@ -159,42 +113,38 @@ def at_least_float32(tensor):
 
 
 def resize_maps(maps, size):
-    """
-    Resize maps bilinearly (`align_corners=False`): attention maps to an image size, for overlays.
-
-    Args:
-        maps (`torch.Tensor` of shape `(..., height, width)`): maps to resize.
-        size (`tuple[int, int]`): target `(height, width)`.
-
-    Returns:
-        `torch.Tensor` of shape `(..., size[0], size[1])`, float32 (float64 for float64 maps).
-    """
+    """Maps `(..., height, width)` resized bilinearly (`align_corners=False`) to `size` `(height, width)`, e.g. an
+    image's: `(..., size[0], size[1])`, float32 (float64 for float64 maps)."""
     leading = maps.shape[:-2]
     flat = at_least_float32(maps.reshape(-1, 1, *maps.shape[-2:]))
     resized = F.interpolate(flat, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
     return resized.reshape(*leading, *resized.shape[-2:])
 
 
-def flatten_images(images):
-    """A single image, a list/tuple of images, or a 4D array/tensor batch -> list of images."""
-    if isinstance(images, (list, tuple)):
-        images = list(images)
-    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        images = list(images)
-    else:
-        images = [images]
-    if not images:
-        raise ValueError("No images were given; pass a PIL image, an array, a tensor, or a list of them.")
-    return images
+def per_image_class_ids(class_ids, logits):
+    """
+    The classes to explain, per image of `logits` `(batch_size, num_labels)`: `class_ids` is None (each image's
+    predicted class), one int for every image, or per image None (predicted), an int or a list of ints. Returns per
+    image an int, or a list of ints where a list was given; `ValueError` for a wrong count or class id.
+    """
+    batch_size, num_labels = logits.shape
+    if class_ids is None or isinstance(class_ids, int):
+        class_ids = [class_ids] * batch_size
+    if len(class_ids) != batch_size:
+        raise ValueError(f"Got {len(class_ids)} class ids for a batch of {batch_size} images; give one per image.")
+    predicted = logits.argmax(-1).tolist()
+    class_ids = [
+        p if c is None else int(c) if np.ndim(c) == 0 else [int(x) for x in c] for c, p in zip(class_ids, predicted)
+    ]
+    for requested in class_ids:
+        if any(not 0 <= c < num_labels for c in np.atleast_1d(requested)):
+            raise ValueError(f"Class ids {requested} must lie in [0, {num_labels - 1}] (the model has {num_labels}).")
+    return class_ids
 
 
 def load_image(source):
-    """
-    Open an image file (a path), an `http(s)://` URL or base64 image data as a PIL image (not yet converted).
-
-    Raises `ValueError` naming the file when a path does not exist, is a folder, is empty or is not an image PIL can
-    read.
-    """
+    """A path, `http(s)://` URL or base64 image data as a PIL image (not yet converted); `ValueError` naming the file
+    when a path does not exist, is a folder, is empty or is not an image PIL can read."""
     text = source.__fspath__() if hasattr(source, "__fspath__") else source
     if text.startswith(("http://", "https://", "data:image/")):
         return load_remote_image(text)
@@ -222,10 +172,8 @@ def _integer_levels(values, what):
     """Integer pixel values whose bit depth the type does not say: [0, 255] -> as is, [0, 65535] -> / 257."""
     low, high = int(values.min()), int(values.max())
     if low < 0 or high > 65535:
-        raise ValueError(
-            f"{what} values must lie in [0, 255] (8-bit) or [0, 65535] (16-bit), got [{low}, {high}]; convert the "
-            "image to uint8."
-        )
+        raise ValueError(f"{what} values must lie in [0, 255] (8-bit) or [0, 65535] (16-bit), got [{low}, {high}]; "
+                         "convert the image to uint8.")
     return values if high <= 255 else np.round(values / 257)
 
 
@@ -236,9 +184,8 @@ def _pil_to_rgb(image):
         if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show the image upright, as viewers do
             image = PIL.ImageOps.exif_transpose(image)
     except OSError as error:
-        raise ValueError(
-            f"the image could not be decoded ({error}); the file is truncated or corrupt, re-download or re-save it."
-        ) from error
+        raise ValueError(f"the image could not be decoded ({error}); the file is truncated or corrupt, re-download or "
+                         "re-save it.") from error
     if image.width == 0 or image.height == 0:
         raise ValueError(f"the image is empty (width x height = {image.width} x {image.height}).")
     if image.mode in _SIXTEEN_BIT_MODES:
@@ -264,27 +211,21 @@ def _array_to_rgb(array, input_data_format, channels_first_by_default):
         array = array[..., None]
         input_data_format = ChannelDimension.LAST
     elif array.ndim != 3:
-        raise ValueError(
-            f"expected an image array with 2 (height, width) or 3 (channels first or last) dimensions, got shape "
-            f"{tuple(array.shape)}; pass a batch as a list of images or a 4D array."
-        )
+        raise ValueError(f"expected an image array with 2 (height, width) or 3 (channels first or last) dimensions, "
+                         f"got shape {tuple(array.shape)}; pass a batch as a list of images or a 4D array.")
     if input_data_format is None:
         first_ok, last_ok = array.shape[0] in _VALID_CHANNELS, array.shape[-1] in _VALID_CHANNELS
         if not (first_ok or last_ok):
-            raise ValueError(
-                f"expected 1, 3 or 4 channels in the first or last dimension, got shape {tuple(array.shape)}; "
-                "convert the image to RGB or grayscale."
-            )
+            raise ValueError(f"expected 1, 3 or 4 channels in the first or last dimension, got shape "
+                             f"{tuple(array.shape)}; convert the image to RGB or grayscale.")
         channels_first = first_ok and (channels_first_by_default or not last_ok)
     else:
         channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
     if channels_first:
         array = np.moveaxis(array, 0, -1)
     if array.shape[-1] not in _VALID_CHANNELS:
-        raise ValueError(
-            f"expected 1, 3 or 4 channels, got {array.shape[-1]} (shape {tuple(array.shape)}); convert the image to "
-            "RGB or grayscale."
-        )
+        raise ValueError(f"expected 1, 3 or 4 channels, got {array.shape[-1]} (shape {tuple(array.shape)}); convert "
+                         "the image to RGB or grayscale.")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"the image is empty (height x width = {array.shape[0]} x {array.shape[1]}).")
 
@@ -292,10 +233,8 @@ def _array_to_rgb(array, input_data_format, channels_first_by_default):
         array = array * 255  # like PIL mode 1: True is white
     elif np.issubdtype(array.dtype, np.floating):
         if not (array.min() >= 0 and array.max() <= 1):
-            raise ValueError(
-                f"float images must have values in [0, 1], got [{array.min()}, {array.max()}]; divide by 255 or "
-                "pass a uint8 image."
-            )
+            raise ValueError(f"float images must have values in [0, 1], got [{array.min()}, {array.max()}]; divide by "
+                             "255 or pass a uint8 image.")
         array = np.round(array * 255)
     elif array.dtype == np.uint16:
         array = np.round(array / 257)  # 16-bit range -> 8-bit range
@@ -309,33 +248,14 @@ def _array_to_rgb(array, input_data_format, channels_first_by_default):
 
 def to_rgb_array(image, input_data_format=None, channels_first_by_default=False):
     """
-    Any supported image as an 8-bit RGB array `(height, width, 3)`: the one conversion rule of the project (used by
-    the processor, training, `explain()` and the visualize command).
-
-    | input | rule |
-    |---|---|
-    | path, URL | opened with PIL (a missing file is an error saying so), then as a PIL image |
-    | PIL, any mode | EXIF orientation applied (upright, as image viewers show it) |
-    | RGB, L | as is (L copied to the three channels) |
-    | RGBA, LA, RGBX, P, PA | alpha dropped, not composited (as the reference's `convert("RGB")`); palette colours |
-    | 1 | black 0, white 255 |
-    | CMYK, YCbCr, LAB, HSV | PIL's conversion to RGB |
-    | I;16 (16-bit) | value / 257, rounded: 0..65535 -> 0..255 |
-    | I (32-bit integer) | values in [0, 255]: 8-bit levels as is; otherwise values in [0, 65535]: / 257; else error |
-    | F (32-bit float) | values in [0, 1]: x 255; otherwise values in [0, 255]: as is; else error |
-    | array/tensor uint8 | as is; 2D = grayscale; 1, 3 or 4 channels first or last (alpha dropped) |
-    | array/tensor uint16 | value / 257, rounded |
-    | array/tensor bool | False 0, True 255 |
-    | array/tensor other integers | as mode I |
-    | array/tensor float | values must lie in [0, 1]: x 255, rounded |
-
-    Args:
-        image: a PIL image, NumPy array, torch tensor, path or URL.
-        input_data_format (`ChannelDimension`, *optional*): channel position of an array; inferred when unset.
-        channels_first_by_default (`bool`): for an ambiguous array, whether channels come first (torch tensors).
-
-    Raises:
-        `ValueError` naming what is wrong with the image.
+    Any supported image (PIL, NumPy, torch, path or URL) as an 8-bit RGB array `(height, width, 3)`: the project's one
+    conversion rule (processor, training, `explain()`, the visualize command). PIL images are turned upright by their
+    EXIF orientation; alpha is dropped, not composited (as the reference's `convert("RGB")`); grayscale is copied to
+    three channels; 16-bit values are divided by 257 and rounded; mode `I` and other integer arrays are taken as 8-bit
+    levels if all lie in [0, 255], else as 16-bit; mode `F` and float arrays in [0, 1] are multiplied by 255 (mode `F`
+    also accepts [0, 255]); bool is 0 / 255. An array's channels (1, 3 or 4) are found first or last unless
+    `input_data_format` says; `channels_first_by_default` settles an ambiguous array (True for tensors).
+    `ValueError` naming what is wrong with the image.
     """
     if image is None:
         raise ValueError("got None instead of an image; check that the image was loaded.")
@@ -349,47 +269,28 @@ def to_rgb_array(image, input_data_format=None, channels_first_by_default=False)
         return _array_to_rgb(array, input_data_format, True)
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, input_data_format, channels_first_by_default)
-    raise ValueError(
-        f"unsupported image type {type(image).__name__}; pass a PIL image, a NumPy array, a torch tensor or a "
-        "path/URL."
-    )
+    raise ValueError(f"unsupported image type {type(image).__name__}; pass a PIL image, a NumPy array, a torch tensor "
+                     "or a path/URL.")
 
 
 class IntrImageProcessor(PilBackend):
     r"""
-    Image processor for INTR, on the PIL backend of `transformers`.
-
-    Every input is first converted to an RGB `uint8` image, then (by default) processed exactly like the reference
-    INTR evaluation transform, so logits and attention maps match the original implementation.
+    Image processor for INTR, on the PIL backend of `transformers`: every input becomes 8-bit RGB by
+    [`to_rgb_array`] (PIL of any mode, arrays or tensors with 1, 3 or 4 channels first or last, paths/URLs, a list, or
+    a 4D batch), then is processed like the reference INTR evaluation transform, so logits and maps match it.
 
     Args:
-        do_resize (`bool`, *optional*, defaults to `True`):
-            Whether to resize the images.
-        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 800, "longest_edge": 1333}`):
-            `{"shortest_edge": s, "longest_edge": l}` keeps the aspect ratio with the reference size rule (see
-            [`get_resize_output_size`]); `{"height": h, "width": w}` resizes every image to exactly `h x w` (square
-            batches for fast training; the mask is then all ones).
-        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
-            PIL resampling filter.
-        do_rescale (`bool`, *optional*, defaults to `True`):
-            Whether to multiply pixel values by `rescale_factor`.
-        rescale_factor (`float`, *optional*, defaults to `1/255`):
-            Scale factor taking `uint8` values to [0, 1].
-        do_normalize (`bool`, *optional*, defaults to `True`):
-            Whether to normalize with `image_mean` and `image_std`.
-        image_mean (`tuple[float, float, float]`, *optional*, defaults to ImageNet `(0.485, 0.456, 0.406)`):
-            Per-channel mean.
-        image_std (`tuple[float, float, float]`, *optional*, defaults to ImageNet `(0.229, 0.224, 0.225)`):
-            Per-channel standard deviation.
-        do_pad (`bool`, *optional*, defaults to `True`):
-            Whether to pad the batch bottom/right with zeros to its largest height and width (or to `pad_size`) and
-            return `pixel_mask`.
-        pad_size (`dict[str, int]`, *optional*):
-            Fixed `{"height": h, "width": w}` to pad to instead of the batch maximum.
-
-    Inputs can be PIL images of any mode, NumPy arrays or torch tensors (`(height, width)`, channels first or last
-    with 1, 3 or 4 channels), paths/URLs, a list of these, or a 4D batch; each becomes 8-bit RGB by the one rule of
-    [`to_rgb_array`] (EXIF orientation applied, 16-bit scaled by its range, alpha dropped, ...).
+        do_resize (`bool`, *optional*, defaults to `True`): whether to resize the images.
+        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 800, "longest_edge": 1333}`): the
+            reference size rule ([`get_resize_output_size`]), or `{"height": h, "width": w}` for exactly `h x w`
+            (square batches for fast training; the mask is then all ones).
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`): PIL filter.
+        do_rescale (`bool`, *optional*, defaults to `True`), rescale_factor (`float`, defaults to `1/255`): `uint8`
+            values to [0, 1].
+        do_normalize (`bool`, *optional*, defaults to `True`), image_mean, image_std (`tuple[float, float, float]`,
+            defaults to ImageNet's): per-channel normalization.
+        do_pad (`bool`, *optional*, defaults to `True`): pad the batch bottom/right with zeros to its largest height
+            and width, or to `pad_size` (`{"height": h, "width": w}`), and return `pixel_mask`.
 
     Returns a [`BatchFeature`] (use `return_tensors="pt"` for tensors) with:
         - **pixel_values** (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): normalized images.
@@ -417,8 +318,14 @@ class IntrImageProcessor(PilBackend):
         One image or a list / 4D batch -> channels-first `uint8` RGB arrays `(3, height, width)`, one per image.
         Errors name the image (`Image 2: the file x.png does not exist; ...`).
         """
+        if isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4):
+            images = list(images)
+        else:
+            images = [images]
+        if not images:
+            raise ValueError("No images were given; pass a PIL image, an array, a tensor, or a list of them.")
         prepared = []
-        for index, image in enumerate(flatten_images(images)):
+        for index, image in enumerate(images):
             try:
                 prepared.append(self.process_image(image, input_data_format=input_data_format))
             except ValueError as error:
@@ -436,20 +343,8 @@ class IntrImageProcessor(PilBackend):
         return super().resize(image, size=size, resample=resample, **kwargs)
 
     def _preprocess(
-        self,
-        images,
-        do_resize,
-        size,
-        resample,
-        do_rescale,
-        rescale_factor,
-        do_normalize,
-        image_mean,
-        image_std,
-        do_pad,
-        pad_size,
-        return_tensors,
-        **kwargs,
+        self, images, do_resize, size, resample, do_rescale, rescale_factor, do_normalize, image_mean, image_std,
+        do_pad, pad_size, return_tensors, **kwargs,
     ) -> BatchFeature:
         processed = []
         for index, image in enumerate(images):
@@ -476,31 +371,23 @@ class IntrImageProcessor(PilBackend):
         for a float64 one).
 
         Args:
-            outputs:
-                Model output with `logits` `(batch_size, num_labels)`, `cross_attentions` (one tensor per decoder
-                layer of shape `(batch_size, num_heads, num_labels, height * width)`, row-major over the feature
-                map) and `feature_mask` `(batch_size, height, width)` (`True` at real feature positions). Call the
-                model with `output_attentions=True`.
-            class_ids (`int`, `list` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
-                Classes to explain: one int for every image, or per image an int or a list of ints. Defaults to the
-                predicted class (argmax of the logits) of each image.
-            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch_size, 2)`, *optional*):
-                `(height, width)` per image (usually the original image size) to resize the maps to with bilinear
-                interpolation. Without it the maps stay at feature-map resolution.
-            layer (`int`, *optional*, defaults to -1):
-                Decoder layer whose cross-attention is used.
+            outputs: model output (called with `output_attentions=True`) with `logits` `(batch_size, num_labels)`,
+                `cross_attentions` (per decoder layer `(batch_size, num_heads, num_labels, height * width)`, row-major
+                over the feature map) and `feature_mask` `(batch_size, height, width)` (`True` at real positions).
+            class_ids (`int`, `list` or `torch.Tensor` of shape `(batch_size,)`, *optional*): see
+                [`per_image_class_ids`]; defaults to each image's predicted class.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` `(batch_size, 2)`, *optional*): `(height, width)`
+                per image to resize the maps to bilinearly; without it they stay at feature-map resolution.
+            layer (`int`, *optional*, defaults to -1): decoder layer whose cross-attention is used.
 
         Returns:
-            `list[dict]`, one per image. For an image given one class (an int, or by default): `class_id` (`int`)
-            and `attention_maps` (`torch.FloatTensor` of shape `(num_heads, height, width)`: the target size, or
-            the real feature-map region). For an image given a list of classes: `class_ids` (`list[int]`) and
-            `attention_maps` of shape `(len(class_ids), num_heads, height, width)`, in the order given.
+            `list[dict]`, one per image: `class_id` and `attention_maps` `(num_heads, height, width)` (the target size
+            or the real feature region) for one class; `class_ids` and `(len(class_ids), num_heads, height, width)`
+            in the order given for a list of classes.
         """
         cross_attentions = getattr(outputs, "cross_attentions", None)
         if cross_attentions is None:
-            raise ValueError(
-                "`outputs` has no `cross_attentions`; call the model with `output_attentions=True` to get them."
-            )
+            raise ValueError("`outputs` has no `cross_attentions`; call the model with `output_attentions=True`.")
         feature_mask = getattr(outputs, "feature_mask", None)
         if feature_mask is None:
             raise ValueError("`outputs` has no `feature_mask`, which is needed to locate the real feature region.")
@@ -509,27 +396,10 @@ class IntrImageProcessor(PilBackend):
             raise ValueError(f"layer must lie in [{-num_layers}, {num_layers - 1}] (the decoder has {num_layers}), "
                              f"got {layer}.")
         attention = cross_attentions[layer]
-        batch_size, num_labels = attention.shape[0], attention.shape[2]
-
-        if class_ids is None:
-            class_ids = outputs.logits.argmax(-1).tolist()
-        elif isinstance(class_ids, int):
-            class_ids = [class_ids] * batch_size
-        else:
-            class_ids = [int(c) if np.ndim(c) == 0 else [int(x) for x in c] for c in class_ids]
-        if len(class_ids) != batch_size:
-            raise ValueError(f"Got {len(class_ids)} class ids for a batch of {batch_size} images; give one per image.")
-        for requested in class_ids:
-            if any(not 0 <= c < num_labels for c in np.atleast_1d(requested)):
-                raise ValueError(
-                    f"Class ids {requested} must lie in [0, {num_labels - 1}] (the model has {num_labels})."
-                )
-        if target_sizes is not None and len(target_sizes) != batch_size:
-            raise ValueError(
-                f"Got {len(target_sizes)} target sizes for a batch of {batch_size} images; give one (height, width) "
-                "per image."
-            )
-
+        class_ids = per_image_class_ids(class_ids, outputs.logits)
+        if target_sizes is not None and len(target_sizes) != len(class_ids):
+            raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {len(class_ids)} images; give one "
+                             "(height, width) per image.")
         results = []
         for index, requested in enumerate(class_ids):
             # (num_heads, num_labels, h*w) -> rows of the requested classes: (heads, h*w) or (classes, heads, h*w)
@@ -543,15 +413,6 @@ class IntrImageProcessor(PilBackend):
 
 
 __all__ = [
-    "IntrImageProcessor",
-    "at_least_float32",
-    "attention_to_feature_map",
-    "crop_padded_batch",
-    "crop_to_mask",
-    "flatten_images",
-    "get_resize_output_size",
-    "load_image",
-    "pad_images",
-    "resize_maps",
-    "to_rgb_array",
+    "IntrImageProcessor", "at_least_float32", "attention_to_feature_map", "crop_padded_batch", "crop_to_mask",
+    "get_resize_output_size", "load_image", "pad_images", "per_image_class_ids", "resize_maps", "to_rgb_array",
 ]

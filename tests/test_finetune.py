@@ -687,12 +687,20 @@ def test_conversion_on_the_fly_logs_the_converters_summary(small_digits_root, tm
     assert metrics["eval_num_images"] == 10
 
 
-def test_write_digits_card_help():
+def test_write_digits_card_renders_the_intr_card_from_the_saved_metrics(trained, tmp_path, capsys):
     import write_digits_card
 
     with pytest.raises(SystemExit) as exit_info:
         write_digits_card.main(["--help"])
     assert exit_info.value.code == 0
+    output_dir, metrics = trained
+    folder = shutil.copytree(output_dir, tmp_path / "model")
+    write_digits_card.main([str(folder)])
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\n") and "# INTR (" in card and "intr-digits" in card  # the package's INTR card
+    assert 'from_pretrained("examples/intr-digits", trust_remote_code=True)' in card
+    assert re.search(rf"acc@1 \| {metrics['eval_acc@1']:.4g} \|", card) and "| Length | 9 epochs" in card
+    assert re.search(r"images evaluated \| 201 \|", card)
 
 
 def test_datasets_log_lines_are_printed_once(tmp_path):

@@ -1,8 +1,8 @@
 """The steps of fine-tuning INTR with the `Trainer` (`run_finetune.py` is the recipe that calls them in order):
 
-- the starting point: `check_start` (fail fast, before the data is read), `load_model` (an INTR folder or Hub repo, a
-  checkpoint converted on the fly by the converter, or a config from scratch; one class query per data class) and
-  `load_image_processor`;
+- the starting point: `check_start` (fail fast, before the data is read), `load_model` (an INTR folder or Hub repo,
+  `load_intr_model`; a checkpoint converted on the fly by the converter, `convert_on_the_fly`; or a config from
+  scratch, `model_from_config`; one class query per data class) and `load_image_processor`;
 - the data: `load_data` (the image splits, skipped files logged, at least two classes);
 - the optimizer: `parameter_groups` (the reference's backbone learning rate) and `steps_per_epoch`;
 - the hardware: `warn_if_bf16_is_emulated`;
@@ -125,25 +125,19 @@ def convert_on_the_fly(path: str, classes: list[str], reinit_class_queries: bool
     return conversion.model
 
 
-def load_model(classes: list[str], *, model_name_or_path: str | None = None, config_name: str | None = None,
-               reinit_class_queries: bool = False, seed: int = 42) -> IntrForImageClassification:
-    """
-    The starting point `model_name_or_path` (or a new model from `config_name`) with one class query per class of
-    `classes`, index 0 first. A model whose classes differ is an error unless `reinit_class_queries`, which draws new
-    N(0, 1) queries (the reference initialisation); the weights are read once.
-    """
+def model_from_config(config_name: str, classes: list[str]) -> IntrForImageClassification:
+    """A new model (training from scratch) from an `IntrConfig` file or folder, with `classes` as its labels."""
     id2label = dict(enumerate(classes))
-    label2id = {label: index for index, label in id2label.items()}
-    if model_name_or_path is None:
-        try:
-            config = IntrConfig.from_pretrained(config_name, id2label=id2label, label2id=label2id)
-        except (OSError, ValueError) as error:
-            raise FinetuneError(f"--config_name {config_name}: {first_line(error)}") from None
-        return IntrForImageClassification(config)
-    path = model_name_or_path
-    check_start(path)
-    if needs_conversion(path):
-        return convert_on_the_fly(path, classes, reinit_class_queries, seed)
+    try:
+        config = IntrConfig.from_pretrained(config_name, id2label=id2label,
+                                            label2id={label: index for index, label in id2label.items()})
+    except (OSError, ValueError) as error:
+        raise FinetuneError(f"--config_name {config_name}: {first_line(error)}") from None
+    return IntrForImageClassification(config)
+
+
+def load_intr_model(path: str, classes: list[str], reinit_class_queries: bool) -> IntrForImageClassification:
+    """An INTR folder or Hub repo; other classes than `classes` are an error unless `reinit_class_queries`."""
     config = load_config(path)
     new_classes = labels_of(config) != classes
     if new_classes and not reinit_class_queries:
@@ -153,7 +147,8 @@ def load_model(classes: list[str], *, model_name_or_path: str | None = None, con
             "queries for the data's classes."
         )
     if new_classes:
-        config.id2label, config.label2id = id2label, label2id
+        config.id2label = dict(enumerate(classes))
+        config.label2id = {label: index for index, label in config.id2label.items()}
     try:
         model = IntrForImageClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=new_classes)
     except MemoryError:
@@ -163,6 +158,22 @@ def load_model(classes: list[str], *, model_name_or_path: str | None = None, con
     if new_classes:
         torch.nn.init.normal_(model.model.class_queries.weight)  # the reference initialisation of the queries
     return model
+
+
+def load_model(classes: list[str], *, model_name_or_path: str | None = None, config_name: str | None = None,
+               reinit_class_queries: bool = False, seed: int = 42) -> IntrForImageClassification:
+    """
+    The starting point `model_name_or_path` (an INTR folder or repo, or a checkpoint converted on the fly), or a new
+    model from `config_name`, with one class query per class of `classes`, index 0 first. A model whose classes
+    differ is an error unless `reinit_class_queries`, which draws new N(0, 1) queries (the reference
+    initialisation); the weights are read once.
+    """
+    if model_name_or_path is None:
+        return model_from_config(config_name, classes)
+    check_start(model_name_or_path)
+    if needs_conversion(model_name_or_path):
+        return convert_on_the_fly(model_name_or_path, classes, reinit_class_queries, seed)
+    return load_intr_model(model_name_or_path, classes, reinit_class_queries)
 
 
 def load_image_processor(model_name_or_path: str | None, fixed_size: int | None) -> IntrImageProcessor:

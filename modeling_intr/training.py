@@ -27,6 +27,7 @@ import torch
 import transformers
 from transformers import Trainer, TrainingArguments
 
+from .checkpoint_io import CheckpointError, load_checkpoint_file
 from .checkpoints import LabelsError, convert_with_summary
 from .configuration_intr import IntrConfig
 from .data import ImageSplits, TrainAugmentation, load_image_splits
@@ -136,6 +137,21 @@ def model_from_config(config_name: str, classes: list[str]) -> IntrForImageClass
     return IntrForImageClassification(config)
 
 
+def weights_problem(folder: Path) -> str | None:
+    """
+    What the converter's safe reader (`checkpoint_io.load_checkpoint_file`) finds wrong with a local folder's weights
+    file (unsafe pickle, truncated, foreign), in its words rather than PyTorch's advice; None if it reads it.
+    """
+    weights = [folder / name for name in WEIGHTS_FILES if (folder / name).is_file() and not name.endswith(".json")]
+    if not weights:
+        return None
+    try:
+        load_checkpoint_file(weights[0])
+    except CheckpointError as error:
+        return " ".join(str(error).split())
+    return None
+
+
 def load_intr_model(path: str, classes: list[str], reinit_class_queries: bool) -> IntrForImageClassification:
     """An INTR folder or Hub repo; other classes than `classes` are an error unless `reinit_class_queries`."""
     config = load_config(path)
@@ -154,7 +170,8 @@ def load_intr_model(path: str, classes: list[str], reinit_class_queries: bool) -
     except MemoryError:
         raise
     except Exception as error:  # truncated or foreign weights, an unsafe pickle, a failed download: one line
-        raise FinetuneError(f"Cannot load the weights of {path}: {first_line(error)}") from None
+        reason = weights_problem(Path(path)) or first_line(error)
+        raise FinetuneError(f"Cannot load the weights of {path}: {reason}") from None
     if new_classes:
         torch.nn.init.normal_(model.model.class_queries.weight)  # the reference initialisation of the queries
     return model

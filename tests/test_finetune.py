@@ -26,16 +26,18 @@ sys.path.insert(0, str(REPO / "examples"))
 
 import run_finetune  # noqa: E402
 from make_digits_dataset import make_digits_dataset  # noqa: E402
-from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
+from modeling_intr import IntrConfig, IntrForImageClassification, IntrImageProcessor, training  # noqa: E402
 from modeling_intr.data import (  # noqa: E402
     REFERENCE_SCALES,
     DataError,
     TrainAugmentation,
     check_image_folder,
+    ImageTransform,
     collate_images,
     load_image_splits,
     pad_images,
 )
+from modeling_intr.training_output import checkpoint_problems  # noqa: E402
 
 # Far above chance: 10 balanced classes (chance 0.10). Reaching 0.5 on 200 held-out images by luck has probability
 # P(Binomial(200, 0.1) >= 100) < 1e-40, so it can only come from learning to find and recognise the digit (the tiny
@@ -110,7 +112,7 @@ def trained(digits_root, tmp_path_factory):
     return output_dir, metrics
 
 
-def test_training_reaches_far_above_chance(trained):
+def test_training_reaches_far_above_chance(trained, digits_root):
     output_dir, metrics = trained
     assert metrics["eval_num_images"] == 201
     assert metrics["eval_acc@1"] >= ACC_THRESHOLD, metrics
@@ -123,8 +125,15 @@ def test_training_reaches_far_above_chance(trained):
     assert "auto_map" in config
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
     assert evaluation["eval_num_images"] == 201 and evaluation["eval_num_skipped"] == 1
-    assert [name.split(":")[0].endswith("val/5/broken.png") for name in evaluation["eval_skipped_files"]] == [True]
-    assert json.loads((output_dir / "train_results.json").read_text())["train_num_images"] == 800
+    # the skipped files are recorded as data.py reports them, one "file: reason" line each
+    data = load_image_splits(str(digits_root), "digits", ["train", "validation"])
+    assert evaluation["eval_skipped_files"] == data.skipped["validation"]
+    [skipped] = evaluation["eval_skipped_files"]
+    assert re.fullmatch(rf"(\S*/)?val/5/broken\.png: .*not an image.*", skipped), skipped
+    training_results = json.loads((output_dir / "train_results.json").read_text())
+    assert training_results["train_num_images"] == 800 == data.kept["train"]
+    assert training_results["train_num_skipped"] == 1
+    assert training_results["train_skipped_files"] == data.skipped["train"]
 
 
 def test_output_folder_has_an_intr_model_card_with_the_recipe_used(trained):
@@ -181,7 +190,7 @@ def test_two_process_data_parallel_training(digits_root, tmp_path):
     assert set(checksums) == {"0", "1"}, output[-3000:]
     assert checksums["0"] == checksums["1"]
     saved = IntrForImageClassification.from_pretrained(output_dir)
-    assert run_finetune.weights_checksum(saved) == checksums["0"]
+    assert training.weights_checksum(saved) == checksums["0"]
     assert "Total train batch size (w. parallel, distributed & accumulation) = 32" in output  # 2 x 16
     assert json.loads((output_dir / "eval_results.json").read_text())["eval_num_images"] == 201
     assert output.count("***** train metrics *****") == 1
@@ -193,7 +202,7 @@ def true_loss(model_dir: Path, root: Path, split: str, size: int) -> float:
     """The mean cross-entropy of the saved model over every image of `split`, computed here without the Trainer."""
     model = IntrForImageClassification.from_pretrained(model_dir).eval()
     dataset = load_image_splits(str(root), "digits", [split]).splits[split]
-    transform = run_finetune.ImageTransform(run_finetune.IntrImageProcessor(size={"height": size, "width": size}))
+    transform = ImageTransform(IntrImageProcessor(size={"height": size, "width": size}))
     batch = collate_images([dataset.with_transform(transform)[index] for index in range(len(dataset))])
     with torch.no_grad():
         return model(**batch).loss.item()
@@ -249,14 +258,14 @@ def test_resume_reaches_the_same_weights_and_skips_an_incomplete_checkpoint(digi
         shutil.copy(full / "checkpoint-8" / name, killed / "checkpoint-8" / name)
     weights = killed / "checkpoint-8" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert run_finetune.checkpoint_problems(killed / "checkpoint-4") == []
-    problems = run_finetune.checkpoint_problems(killed / "checkpoint-8")
+    assert checkpoint_problems(killed / "checkpoint-4") == []
+    problems = checkpoint_problems(killed / "checkpoint-8")
     assert any("no optimizer state" in p for p in problems)
     assert any("model.safetensors is unreadable" in p for p in problems)
 
-    with pytest.raises(run_finetune.FinetuneError, match=r"checkpoint-8 is incomplete .*killed/checkpoint-4"):
+    with pytest.raises(training.FinetuneError, match=r"checkpoint-8 is incomplete .*killed/checkpoint-4"):
         run_finetune.main(arguments(killed) + ["--resume_from_checkpoint", str(killed / "checkpoint-8")])
-    with caplog.at_level("INFO", logger="run_finetune"):
+    with caplog.at_level("INFO", logger="modeling_intr.training_output"):
         run_finetune.main(arguments(killed) + ["--resume_from_checkpoint", "True"])
     assert re.search(r"Not resuming from \S*killed/checkpoint-8: incomplete \(.*no optimizer state", caplog.text)
     assert re.search(r"Resuming from \S*killed/checkpoint-4 \(step 4\)", caplog.text)
@@ -272,7 +281,8 @@ def test_reference_defaults_and_parameter_groups(tmp_path):
         ["--config_name", "c.json", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train"])
     assert (training_args.learning_rate, model_args.backbone_learning_rate) == (5e-5, 1e-5)
     assert (training_args.weight_decay, training_args.max_grad_norm) == (1e-6, 0.1)
-    assert (training_args.num_train_epochs, training_args.per_device_train_batch_size, training_args.seed) == (140, 12, 42)
+    assert training_args.num_train_epochs == 140
+    assert (training_args.per_device_train_batch_size, training_args.seed) == (12, 42)
     assert model_args.lr_drop == 80 and data_args.fixed_size is None and not training_args.remove_unused_columns
 
     config = IntrConfig(backbone_config=ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[8, 16, 32],
@@ -403,8 +413,8 @@ def test_bad_images_are_skipped_with_names_or_refused(messy_folder):
         assert name in skipped
     pixels = {Path(row["image"].filename).name: np.asarray(row["image"]) for row in train}
     assert pixels["deep.png"].max() > 0  # not read as 16-bit clipped to white or black
-    batch = collate_images([train.with_transform(run_finetune.ImageTransform(
-        run_finetune.IntrImageProcessor(size={"height": 8, "width": 8})))[i] for i in range(len(train))])
+    transform = ImageTransform(IntrImageProcessor(size={"height": 8, "width": 8}))
+    batch = collate_images([train.with_transform(transform)[i] for i in range(len(train))])
     assert batch["pixel_values"].shape == (7, 3, 8, 8) and torch.isfinite(batch["pixel_values"]).all()
     with pytest.raises(DataError, match="strict_images"):
         load_image_splits(str(messy_folder), "messy", ["train"], strict_images=True)
@@ -430,20 +440,20 @@ def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path, m
     model = IntrForImageClassification(tiny_config(num_labels=3, id2label={0: "cat", 1: "dog", 2: "eel"},
                                                    label2id={"cat": 0, "dog": 1, "eel": 2}))
     model.save_pretrained(tmp_path / "model")
-    args = run_finetune.ModelArguments(model_name_or_path=str(tmp_path / "model"))
-    assert run_finetune.labels_of(run_finetune.load_model(args, ["cat", "dog", "eel"]).config) == ["cat", "dog", "eel"]
+    start = str(tmp_path / "model")
+    assert training.labels_of(training.load_model(["cat", "dog", "eel"], model_name_or_path=start).config) == [
+        "cat", "dog", "eel"]
     with pytest.raises(ValueError, match=r"(?s)\['cat', 'dog', 'eel'\].*\['ant', 'bee'\]"):
-        run_finetune.load_model(args, ["ant", "bee"])
-    args.reinit_class_queries = True
+        training.load_model(["ant", "bee"], model_name_or_path=start)
     loads = []
     from_pretrained = IntrForImageClassification.from_pretrained.__func__
     monkeypatch.setattr(IntrForImageClassification, "from_pretrained",
                         classmethod(lambda cls, *a, **k: loads.append(a) or from_pretrained(cls, *a, **k)))
     for classes in (["ant", "bee"], ["ant", "bee", "cow"]):
         loads.clear()
-        new = run_finetune.load_model(args, classes)
+        new = training.load_model(classes, model_name_or_path=start, reinit_class_queries=True)
         assert len(loads) == 1  # the weights are read once
-        assert run_finetune.labels_of(new.config) == classes
+        assert training.labels_of(new.config) == classes
         assert new.model.class_queries.weight.shape[0] == len(classes)
         assert not torch.equal(new.model.class_queries.weight[:2], model.model.class_queries.weight[:2])
         torch.testing.assert_close(new.presence_head.weight, model.presence_head.weight)
@@ -475,7 +485,7 @@ def test_activation_checkpointing_bf16_and_dataloader_workers(digits_root, tmp_p
 
     probe = Probe()
     config = tiny_digits_config(tmp_path / "config.json")
-    monkeypatch.setattr(run_finetune, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
     metrics = run_finetune.main(common_args(digits_root, config, tmp_path / "out") + [
         "--do_train", "--max_steps", "2", "--activation_checkpointing", "--bf16", "--use_cpu",
         "--dataloader_num_workers", "2", "--lr_drop", "0"], callbacks=[probe])
@@ -503,6 +513,9 @@ class ArbitraryCode:
 
     def __reduce__(self):
         return os.system, ("echo this must never run",)
+
+
+OS_SYSTEM = re.escape(f"{os.system.__module__}.system")  # the global ArbitraryCode's pickle imports (posix.system)
 
 
 def two_class_folder(root: Path, splits=("train", "val"), classes=("a", "b")) -> Path:
@@ -589,9 +602,11 @@ def bad_start(case: str, tmp_path: Path) -> str:
     ("missing absolute path", r"no-such-model does not exist"),
     ("folder without weights", r"has no weights \(none of model\.safetensors"),
     ("zero-byte weights", r"model\.safetensors is empty \(0 bytes\)"),
-    ("truncated weights", r"Cannot load the weights of \S+: \w+: .*"),
-    ("unsafe pickle", r"(?i)(unsafe.*posix\.system|posix\.system.*unsafe)"),  # the global that would run
-    ("unsafe pickle in a model folder", r"Cannot load the weights of \S+: \w+: .*"),
+    ("truncated weights", r"Cannot load the weights of \S+: \S+/model\.safetensors is not a readable safetensors file: "
+                          r"it is truncated or damaged"),
+    ("unsafe pickle", rf"Refusing to load \S+evil\.pth: it is unsafe, unpickling it would import {OS_SYSTEM}"),
+    ("unsafe pickle in a model folder", rf"Cannot load the weights of \S+: Refusing to load \S+/pytorch_model\.bin: "
+                                        rf"it is unsafe, unpickling it would import {OS_SYSTEM}"),
     ("config that is not JSON", r"could not be read \(OSError: .*not a valid JSON"),
 ])
 def test_starting_point_errors_are_one_line(case, message, tmp_path, capsys):
@@ -600,6 +615,7 @@ def test_starting_point_errors_are_one_line(case, message, tmp_path, capsys):
                        "--dataset_name", "d", "--output_dir", str(tmp_path / "out"), "--do_eval", "--report_to",
                        "none"], capsys)
     assert re.search(message, line), line
+    assert "weights_only" not in line  # PyTorch's advice to load unsafely never reaches the user
     assert "this must never run" not in capsys.readouterr().out
 
 
@@ -655,14 +671,14 @@ def test_help_starts_with_a_description_and_the_intr_options(capsys):
 
 def test_bf16_emulation_is_detected_from_the_hardware(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(run_finetune, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
-    assert not run_finetune.bf16_is_native(cpu)
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    assert not training.bf16_is_native(cpu)
     for flag in ("avx512_bf16", "amx_bf16", "bf16"):
-        monkeypatch.setattr(run_finetune, "cpu_flags", lambda flag=flag: {"avx2", flag})
-        assert run_finetune.bf16_is_native(cpu)
+        monkeypatch.setattr(training, "cpu_flags", lambda flag=flag: {"avx2", flag})
+        assert training.bf16_is_native(cpu)
     for supported in (True, False):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
-        assert run_finetune.bf16_is_native(torch.device("cuda")) is supported
+        assert training.bf16_is_native(torch.device("cuda")) is supported
 
 
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
@@ -678,12 +694,20 @@ def test_conversion_on_the_fly_logs_the_converters_summary(small_digits_root, tm
     assert metrics["eval_num_images"] == 10
 
 
-def test_write_digits_card_help():
+def test_write_digits_card_renders_the_intr_card_from_the_saved_metrics(trained, tmp_path, capsys):
     import write_digits_card
 
     with pytest.raises(SystemExit) as exit_info:
         write_digits_card.main(["--help"])
     assert exit_info.value.code == 0
+    output_dir, metrics = trained
+    folder = shutil.copytree(output_dir, tmp_path / "model")
+    write_digits_card.main([str(folder)])
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\n") and "# INTR (" in card and "intr-digits" in card  # the package's INTR card
+    assert 'from_pretrained("examples/intr-digits", trust_remote_code=True)' in card
+    assert re.search(rf"acc@1 \| {metrics['eval_acc@1']:.4g} \|", card) and "| Length | 9 epochs" in card
+    assert re.search(r"images evaluated \| 201 \|", card)
 
 
 def test_datasets_log_lines_are_printed_once(tmp_path):

@@ -374,88 +374,71 @@ class IntrMLP(nn.Module):
 
 class IntrEncoderLayer(GradientCheckpointingLayer):
     """
-    Self-attention (position embedding on queries and keys) and feed-forward, each a residual step with dropout.
-    Post-norm (the reference default) normalizes after each residual sum, pre-norm the input of each block.
+    Self-attention (position embedding on queries and keys), then feed-forward. Each block adds its dropped-out output
+    to its input; post-norm (the reference default) normalizes after each sum, pre-norm normalizes the block's input.
     """
 
     def __init__(self, config: IntrConfig):
         super().__init__()
         self.pre_norm = config.pre_norm
+        self.dropout = nn.Dropout(config.dropout)
         self.self_attn = IntrAttention(config)
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.mlp = IntrMLP(config)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+
+    def residual_block(self, hidden_states: torch.Tensor, norm: nn.LayerNorm, block, *args, **kwargs) -> torch.Tensor:
+        """hidden + dropout(block(x, *args)), x = norm(hidden) in pre-norm mode; post-norm normalizes the sum."""
+        update = block(norm(hidden_states) if self.pre_norm else hidden_states, *args, **kwargs)
+        update = update[0] if isinstance(update, tuple) else update  # attention returns (output, weights)
+        hidden_states = hidden_states + self.dropout(update)
+        return hidden_states if self.pre_norm else norm(hidden_states)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         position_embeddings: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """hidden_states, position_embeddings [b, h*w, d]; attention_mask additive [b, 1, 1, h*w] -> [b, h*w, d]."""
-        residual = hidden_states
-        hidden_states = self.self_attn_layer_norm(hidden_states) if self.pre_norm else hidden_states
-        hidden_states, _ = self.self_attn(hidden_states, position_embeddings, attention_mask, **kwargs)
-        hidden_states = residual + self.dropout(hidden_states)
-        hidden_states = hidden_states if self.pre_norm else self.self_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        hidden_states = self.final_layer_norm(hidden_states) if self.pre_norm else hidden_states
-        hidden_states = residual + self.dropout(self.mlp(hidden_states))
-        hidden_states = hidden_states if self.pre_norm else self.final_layer_norm(hidden_states)
-        return hidden_states
+        hidden_states = self.residual_block(
+            hidden_states, self.self_attn_layer_norm, self.self_attn, position_embeddings, attention_mask, **kwargs
+        )
+        return self.residual_block(hidden_states, self.final_layer_norm, self.mlp)
 
 
-class IntrDecoderLayer(GradientCheckpointingLayer):
+class IntrDecoderLayer(IntrEncoderLayer):
     """
-    Self-attention among the class slots and cross-attention to the encoder memory (class queries added to the
-    attention queries, and to the self-attention keys), then feed-forward; residual wiring as `IntrEncoderLayer`.
+    The encoder layer's self-attention (among the class slots, the class queries as position embedding) and
+    feed-forward, with cross-attention to the encoder memory between them: class queries are added to its queries,
+    never to the memory keys.
     """
 
     def __init__(self, config: IntrConfig):
-        super().__init__()
-        self.pre_norm = config.pre_norm
-        self.self_attn = IntrAttention(config)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        super().__init__(config)
         self.cross_attn = IntrAttention(config)
         self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.mlp = IntrMLP(config)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         class_queries: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """
         hidden_states, class_queries [b, num_labels, d]; encoder_hidden_states (memory) [b, h*w, d];
         encoder_attention_mask additive [b, 1, 1, h*w] -> [b, num_labels, d].
         """
-        residual = hidden_states
-        hidden_states = self.self_attn_layer_norm(hidden_states) if self.pre_norm else hidden_states
-        hidden_states, _ = self.self_attn(hidden_states, class_queries, **kwargs)
-        hidden_states = residual + self.dropout(hidden_states)
-        hidden_states = hidden_states if self.pre_norm else self.self_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        hidden_states = self.cross_attn_layer_norm(hidden_states) if self.pre_norm else hidden_states
-        hidden_states, _ = self.cross_attn(
-            hidden_states, class_queries, encoder_attention_mask, key_value_states=encoder_hidden_states, **kwargs
+        hidden_states = self.residual_block(hidden_states, self.self_attn_layer_norm, self.self_attn, class_queries,
+                                            **kwargs)
+        hidden_states = self.residual_block(
+            hidden_states, self.cross_attn_layer_norm, self.cross_attn, class_queries, encoder_attention_mask,
+            key_value_states=encoder_hidden_states, **kwargs,
         )
-        hidden_states = residual + self.dropout(hidden_states)
-        hidden_states = hidden_states if self.pre_norm else self.cross_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        hidden_states = self.final_layer_norm(hidden_states) if self.pre_norm else hidden_states
-        hidden_states = residual + self.dropout(self.mlp(hidden_states))
-        hidden_states = hidden_states if self.pre_norm else self.final_layer_norm(hidden_states)
-        return hidden_states
+        return self.residual_block(hidden_states, self.final_layer_norm, self.mlp)
 
 
 class IntrPreTrainedModel(PreTrainedModel):

@@ -11,6 +11,7 @@ The logit of class c therefore comes from query c alone, and query c's cross-att
     -> final LayerNorm -> presence head -> logits [b, num_labels]
 """
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,18 +131,26 @@ class IntrFrozenBatchNorm2d(nn.Module):
         return hidden_states * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+@functools.cache
+def _onednn_fusion_dtypes() -> tuple[torch.dtype, ...]:
+    """dtypes in which oneDNN's fused convolution runs here: x86 only (the measured code paths: AVX2, AVX-512), and
+    bf16 only where oneDNN has a bf16 convolution (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; elsewhere the op refuses it)."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
+        return ()
+    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+
+
 def _fused_convolution_applies(hidden_states: torch.Tensor, weight: torch.Tensor, convolution: nn.Conv2d) -> bool:
     """Whether oneDNN's fused convolution (`torch.ops.mkldnn._convolution_pointwise`: + residual, ReLU in the
-    convolution's own output pass, the kernel inductor emits) can run: a CPU inference forward in float32 or bf16
-    (not under autocast: that op has no autocast rule) with zero padding given as numbers."""
+    convolution's own output pass, the kernel inductor emits) can run: a CPU inference forward (not under autocast:
+    that op has no autocast rule) in a dtype oneDNN fuses here, with zero padding given as numbers."""
     return (
         hidden_states.device.type == "cpu"
-        and hidden_states.dtype in (torch.float32, torch.bfloat16)
+        and hidden_states.dtype in _onednn_fusion_dtypes()
         and weight.dtype == hidden_states.dtype
         and not torch.is_autocast_enabled("cpu")
         and convolution.padding_mode == "zeros"
         and not isinstance(convolution.padding, str)
-        and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     )
 

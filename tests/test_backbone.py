@@ -283,6 +283,15 @@ def test_bf16_autocast_stays_close_to_float32():
     assert float((reduced.float() - reference).abs().max()) <= 0.05 * scale
 
 
+def test_bf16_weights_run_and_stay_close_to_float32():
+    encoder = backbone().float()
+    pixel_values = images(dtype=torch.float32)
+    reference = features(encoder, pixel_values)
+    reduced = features(encoder.to(torch.bfloat16), pixel_values.to(torch.bfloat16))
+    assert reduced.dtype == torch.bfloat16
+    assert float((reduced.float() - reference).abs().max()) <= 0.05 * float(reference.abs().max())
+
+
 # ------------------------------------------------------------------------------------------ reference parity
 
 

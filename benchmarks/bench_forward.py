@@ -182,8 +182,8 @@ def main():
         print(f"round {round_} done", file=sys.stderr, flush=True)
 
     print(hardware_line(args.device))
-    print(f"ResNet-50 INTR, 200 classes, eval, {args.device}, best of {args.repeats} interleaved rounds; "
-          f"model GFLOP: batch 1 {flops['1'] / 1e9:.1f}, padded batch 4 {flops['4'] / 1e9:.1f}")
+    print(f"ResNet-50 INTR, 200 classes, eval, {args.device}, best of {args.repeats} interleaved rounds; model GFLOP: "
+          + ", ".join(f"batch {name} {count / 1e9:.1f}" for name, count in flops.items()))
     print("matmul peak: " + ", ".join(f"{p} {peaks[p] / 1e9:.1f} GFLOP/s" for p in args.precisions))
     print("\n| precision | configuration | batch | output_attentions | ms / forward | backbone | encoder | decoder "
           "| images/s | FLOP utilisation | speed-up vs today |")

@@ -1,82 +1,230 @@
-"""Forward throughput of INTR at the reference setting, against the machine's own matmul peak.
+"""Forward throughput of INTR at the reference setting, before and after the backbone work, in one process.
 
-ResNet-50 INTR, 200 classes, one 800x1028 image (the CUB photo after the reference transform), batch 1, eval mode:
-float32 and bf16 autocast, with and without `output_attentions`. Model FLOPs are counted with
-`torch.utils.flop_counter` (multiply-adds x 2); the peak is a large `torch.mm` in the same dtype. Prints a markdown table.
+ResNet-50 INTR, 200 classes, eval mode, random weights (speed does not depend on them). Inputs: one 800x1028 image
+(the CUB photo after the reference transform) and a padded batch of 4 mixed sizes (800x1028, 800x1066, 800x800,
+1066x800, padded to 1066x1066). Configurations (see `benchmarks/unfolded_backbone.py`):
 
-    python benchmarks/bench_forward.py [--repeats 5] [--device cpu]
+- `today`: the backbone before issue 11 (frozen BatchNorm as its own pass, out-of-place ReLU, NCHW in float32): the
+  reference-equivalent baseline every ratio is taken against;
+- `fold`, `fold+fuse`, `fold+channels-last`: one choice at a time;
+- `ours`: the model as shipped (fold + fuse + channels-last on CPU).
+
+All settings run interleaved (each once per round, best of `--repeats` rounds), so drift in machine load hits them
+alike. Each row gives the time split into backbone / encoder / decoder (the rest: input projection, position
+embedding, presence head), images/s, and the model FLOP utilisation against a measured float32 (bf16) `torch.mm`
+peak. Model FLOPs are counted with `torch.utils.flop_counter` on the unfolded model (multiply-adds x 2).
+
+    python benchmarks/bench_forward.py [--repeats 5] [--device cpu] [--precisions float32 bf16] [--compile]
+
+To measure the AVX2 code path on an AVX-512 machine: `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/bench_forward.py` (ATen, oneDNN and MKL kernels each have their own
+dispatch; all three are read at start-up).
 """
 
 import argparse
+import contextlib
+import copy
+import os
+import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling_intr import IntrConfig, IntrForImageClassification
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.unfolded_backbone import unfolded_backbone  # noqa: E402
+from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
+
+CONFIGURATIONS = {
+    "today": dict(),
+    "fold": dict(fold=True),
+    "fold+fuse": dict(fold=True, fuse=True),
+    "fold+channels-last": dict(fold=True, channels_last=True),
+    "ours": None,  # nothing switched off
+}
+PADDED_SIZES = [(800, 1028), (800, 1066), (800, 800), (1066, 800)]
 
 
-def best_seconds(function, repeats: int, device: str) -> float:
-    function()  # warm-up
-    timings = []
-    for _ in range(repeats):
-        if device == "cuda":
+def configuration(name: str):
+    switches = CONFIGURATIONS[name]
+    return contextlib.nullcontext() if switches is None else unfolded_backbone(**switches)
+
+
+def hardware_line(device: str) -> str:
+    """CPU capability (ATen's kernel dispatch), whether bf16 dot products are native, and any ISA caps in effect."""
+    if device == "cuda":
+        return f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    flags = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags.update(line.split(":", 1)[1].split())
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("AVX2", "SSE41", "AVX")
+    bf16 = "emulated" if not native or capped else "native (" + ", ".join(native) + ")"
+    caps = ", ".join(f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                            "MKL_ENABLE_INSTRUCTIONS") if key in os.environ)
+    return (f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, bf16: {bf16}, "
+            f"threads: {torch.get_num_threads()}, torch {torch.__version__}" + (f", caps: {caps}" if caps else ""))
+
+
+def padded_batch(sizes, device):
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    pixel_values = torch.zeros(len(sizes), 3, height, width, device=device)
+    pixel_mask = torch.zeros(len(sizes), height, width, dtype=torch.long, device=device)
+    for index, (h, w) in enumerate(sizes):
+        pixel_values[index, :, :h, :w] = torch.randn(3, h, w, device=device)
+        pixel_mask[index, :h, :w] = 1
+    return pixel_values, pixel_mask
+
+
+class PartTimer:
+    """Wall time of the backbone, encoder and decoder in each forward (forward pre/post hooks)."""
+
+    PARTS = ("backbone", "encoder", "decoder")
+
+    def __init__(self, model, device):
+        self.device, self.seconds = device, {}
+        for part in self.PARTS:
+            module = getattr(model.model, part)
+            module.register_forward_pre_hook(lambda *args, part=part: self._mark(part, -1))
+            module.register_forward_hook(lambda *args, part=part: self._mark(part, +1))
+
+    def _mark(self, part, sign):
+        if self.device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - start)
-    return min(timings)
+        self.seconds[part] = self.seconds.get(part, 0.0) + sign * time.perf_counter()
 
 
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int, size: int = 4096) -> float:
-    """FLOP/s of a size x size x size matrix product."""
+    """FLOP/s of a size x size x size matrix product, best of `repeats`."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats, device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_memory_gib(name: str, device: str) -> float:
+    """Peak RSS of a fresh process that builds the model and runs one float32 batch-1 forward in `name`."""
+    code = (f"import sys; sys.argv = ['x', '--memory_probe', {name!r}, '--device', {device!r}]; "
+            f"sys.path.insert(0, {str(REPO)!r}); import benchmarks.bench_forward as b; b.main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bf16"], choices=["float32", "bf16"])
+    parser.add_argument("--no_batch", action="store_true", help="skip the padded batch of 4")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the shipped model")
+    parser.add_argument("--memory_probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = IntrForImageClassification(IntrConfig(num_labels=200)).eval().to(args.device)
-    pixel_values = torch.randn(1, 3, 800, 1028, device=args.device)
-    with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
-        model(pixel_values)
-    model_flops = counter.get_total_flops()
+    single = (torch.randn(1, 3, 800, 1028, device=args.device), None)
+    if args.memory_probe:
+        with configuration(args.memory_probe), torch.no_grad():
+            model(*single)
+        scale = 2**20 if sys.platform != "darwin" else 2**30  # ru_maxrss: KiB on Linux, bytes on macOS
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale)
+        return
+    batch = padded_batch(PADDED_SIZES, args.device)
+    flops = {}
+    for name, inputs in (("1", single),) + ((("4", batch),) if not args.no_batch else ()):
+        with configuration("today"), FlopCounterMode(display=False) as counter:  # (module tracker needs autograd)
+            model(*inputs)
+        flops[name] = counter.get_total_flops()
+    dtypes = {"float32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {p: matmul_peak(dtypes[p], args.device, args.repeats) for p in args.precisions}
 
-    peaks = {dtype: matmul_peak(dtype, args.device, args.repeats) for dtype in (torch.float32, torch.bfloat16)}
-    settings = [(dtype, attentions) for dtype in (torch.float32, torch.bfloat16) for attentions in (False, True)]
+    settings = [(p, c, "1", False) for p in args.precisions for c in CONFIGURATIONS]
+    settings += [(p, "ours", "1", True) for p in args.precisions]  # output_attentions cost
+    if not args.no_batch:
+        settings += [(p, c, "4", False) for p in args.precisions for c in ("today", "ours")]
+    plain_model = copy.deepcopy(model)  # (for torch.compile: without the timing hooks, which break its graph)
+    timer = PartTimer(model, args.device)
 
-    def forward(dtype, output_attentions):
-        with torch.no_grad(), torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
-            model(pixel_values, output_attentions=output_attentions)
+    def forward(precision, name, inputs, output_attentions):
+        with configuration(name), torch.no_grad(), torch.autocast(
+            args.device, dtype=dtypes[precision], enabled=precision != "float32"
+        ):
+            model(*inputs, output_attentions=output_attentions)
 
-    # Interleaved rounds (every setting once per round), best of each: drift in machine load hits all settings alike.
-    best = {setting: float("inf") for setting in settings}
-    for _ in range(args.repeats):
+    best = {setting: (float("inf"), {}) for setting in settings}
+    for round_ in range(args.repeats + 1):  # round 0 warms up (and fills the folded-weight cache)
         for setting in settings:
-            best[setting] = min(best[setting], best_seconds(lambda: forward(*setting), 1, args.device))
-    rows = [(dtype, attentions, best[dtype, attentions], model_flops / best[dtype, attentions] / peaks[dtype])
-            for dtype, attentions in settings]
+            precision, name, batch_name, output_attentions = setting
+            timer.seconds = {}
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            forward(precision, name, single if batch_name == "1" else batch, output_attentions)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            if round_ > 0 and seconds < best[setting][0]:
+                best[setting] = (seconds, dict(timer.seconds))
+        print(f"round {round_} done", file=sys.stderr, flush=True)
 
-    print(f"device: {args.device}, threads: {torch.get_num_threads()}, model GFLOP/forward: {model_flops / 1e9:.1f}")
-    print(f"matmul peak: float32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.1f} GFLOP/s")
-    print("\n| precision | output_attentions | images/s | ms/image | model FLOP utilisation |")
-    print("|---|---|---|---|---|")
-    for dtype, output_attentions, seconds, utilisation in rows:
-        name = "float32" if dtype == torch.float32 else "bf16 autocast"
-        print(f"| {name} | {output_attentions} | {1 / seconds:.3f} | {1000 * seconds:.0f} | {100 * utilisation:.0f}% |")
-    seconds = {(dtype, attn): s for dtype, attn, s, _ in rows}
-    print(f"\nbf16 speed-up over float32: {seconds[torch.float32, False] / seconds[torch.bfloat16, False]:.2f}x")
-    for dtype in (torch.float32, torch.bfloat16):
-        extra = seconds[dtype, True] / seconds[dtype, False] - 1
-        print(f"output_attentions extra cost ({dtype}): {100 * extra:+.1f}%")
+    print(hardware_line(args.device))
+    print(f"ResNet-50 INTR, 200 classes, eval, {args.device}, best of {args.repeats} interleaved rounds; model GFLOP: "
+          + ", ".join(f"batch {name} {count / 1e9:.1f}" for name, count in flops.items()))
+    print("matmul peak: " + ", ".join(f"{p} {peaks[p] / 1e9:.1f} GFLOP/s" for p in args.precisions))
+    print("\n| precision | configuration | batch | output_attentions | ms / forward | backbone | encoder | decoder "
+          "| images/s | FLOP utilisation | speed-up vs today |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for setting in settings:
+        precision, name, batch_name, output_attentions = setting
+        seconds, parts = best[setting]
+        today = best[(precision, "today", batch_name, False)][0]
+        images = int(batch_name)
+        print(f"| {precision} | {name} | {'1' if images == 1 else '4 padded'} | {output_attentions} | "
+              f"{1000 * seconds:.0f} | " + " | ".join(f"{1000 * parts.get(p, 0):.0f}" for p in PartTimer.PARTS)
+              + f" | {images / seconds:.2f} | {100 * flops[batch_name] / seconds / peaks[precision]:.0f}% | "
+              f"{today / seconds:.2f}x |")
+    for precision in args.precisions:
+        extra = best[(precision, "ours", "1", True)][0] / best[(precision, "ours", "1", False)][0] - 1
+        print(f"output_attentions extra cost ({precision}, ours): {100 * extra:+.1f}%")
+    if "bf16" in args.precisions and "float32" in args.precisions:
+        ratio = best[("float32", "ours", "1", False)][0] / best[("bf16", "ours", "1", False)][0]
+        print(f"bf16 autocast speed-up over float32 (ours): {ratio:.2f}x")
+
+    if args.device == "cpu":
+        memory = {name: peak_memory_gib(name, args.device) for name in ("today", "ours")}
+        print("peak RSS, float32 batch-1 forward in a fresh process: "
+              + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.items()))
+
+    if args.compile:
+        compiled = torch.compile(plain_model)
+        start = time.perf_counter()
+        with torch.no_grad():
+            compiled(*single)
+        compile_seconds = time.perf_counter() - start
+        timings = {"eager": float("inf"), "compiled": float("inf")}
+        for _ in range(args.repeats):
+            for name, function in (("eager", plain_model), ("compiled", compiled)):
+                start = time.perf_counter()
+                with torch.no_grad():
+                    function(*single)
+                timings[name] = min(timings[name], time.perf_counter() - start)
+        print(f"torch.compile (float32, batch 1, ours): first call (compile) {compile_seconds:.1f} s, then "
+              f"{1000 * timings['compiled']:.0f} ms against eager {1000 * timings['eager']:.0f} ms "
+              f"({timings['eager'] / timings['compiled']:.2f}x)")
 
 
 if __name__ == "__main__":

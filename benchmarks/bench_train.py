@@ -8,16 +8,21 @@ accelerate), and a callback times each optimizer step; the first `--warmup_steps
 
 Settings: 448x448 fixed size vs the reference multi-scale augmentation (shorter side 480..800), float32 vs bfloat16
 autocast (`--bf16`), 1 process vs 2 data-parallel processes (`accelerate launch --multi_gpu --num_processes 2`, gloo
-on CPU, one thread each). On CPU use few steps: a ResNet-50 step takes seconds there.
+on CPU, one thread each), and the backbone before issue 11 ("today": frozen BatchNorm as its own pass over the
+activations, NCHW; `benchmarks/unfolded_backbone.py`) vs as shipped ("ours"). On CPU use few steps: a ResNet-50 step
+takes seconds there. Every setting runs in its own process, so settings do not share a warm state; under a varying
+machine load run `--rounds 2` or more (settings interleaved, best of the rounds per setting).
 
     python benchmarks/bench_train.py                       # CPU, the full table
     python benchmarks/bench_train.py --device cuda         # GPU (and 2 GPUs for the 2-process rows)
+    python benchmarks/bench_train.py --processes 1 --rounds 2 --backbones today ours
 
 Images/s = global batch (per-device batch x processes) / mean step time. Peak memory: the largest peak RSS of the
 processes on CPU, the largest `torch.cuda.max_memory_allocated` on GPU.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -56,6 +61,7 @@ def worker(args: argparse.Namespace) -> None:
     from transformers import TrainerCallback
 
     import run_finetune
+    from benchmarks.unfolded_backbone import unfolded_backbone
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -79,7 +85,8 @@ def worker(args: argparse.Namespace) -> None:
         argv += ["--bf16"]
     if args.device == "cpu":
         argv += ["--use_cpu"]
-    run_finetune.main(argv, callbacks=[timer])
+    with unfolded_backbone() if args.backbone == "today" else contextlib.nullcontext():
+        run_finetune.main(argv, callbacks=[timer])
     step_time = float(np.mean(timer.times[args.warmup_steps:]))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.device == "cpu":
@@ -90,10 +97,11 @@ def worker(args: argparse.Namespace) -> None:
                                   "peak_gib": peak}), flush=True)  # every process: the table keeps the largest peak
 
 
-def run_setting(work: Path, processes: int, fixed_size: int | None, bf16: bool, options: argparse.Namespace) -> dict:
+def run_setting(work: Path, processes: int, fixed_size: int | None, bf16: bool, backbone: str,
+                options: argparse.Namespace) -> dict:
     script = [str(Path(__file__).resolve()), "--worker", "--work", str(work), "--device", options.device,
               "--steps", str(options.steps), "--warmup_steps", str(options.warmup_steps),
-              "--batch_size", str(options.batch_size)]
+              "--batch_size", str(options.batch_size), "--backbone", backbone]
     script += ["--fixed_size", str(fixed_size)] * (fixed_size is not None) + ["--bf16"] * bf16
     if processes == 1:
         command = [sys.executable, *script]
@@ -119,6 +127,10 @@ def main():
     parser.add_argument("--warmup_steps", type=int, default=1, help="untimed first steps")
     parser.add_argument("--batch_size", type=int, default=2, help="per device (the reference trains with 12)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--backbones", nargs="+", default=["today", "ours"], choices=["today", "ours"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; each setting keeps its best")
+    parser.add_argument("--backbone", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fixed_size", type=int, default=None, help=argparse.SUPPRESS)
@@ -127,26 +139,35 @@ def main():
     if args.worker:
         return worker(args)
 
+    from benchmarks.bench_forward import hardware_line
+
+    settings = [(processes, fixed_size, precision, backbone) for processes in args.processes
+                for fixed_size in (448, None) for precision in args.precisions for backbone in args.backbones]
+    best = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_dataset(work)
         write_reference_config(work / "config.json")
-        rows = []
-        for processes in args.processes:
-            for fixed_size in (448, None):
-                for bf16 in (False, True):
-                    result = run_setting(work, processes, fixed_size, bf16, args)
-                    rows.append((processes, "448 fixed" if fixed_size else "multi-scale", "bf16" if bf16 else "fp32",
-                                 result))
-                    print(f"done: {rows[-1]}", file=sys.stderr, flush=True)
+        for _ in range(args.rounds):
+            for setting in settings:
+                processes, fixed_size, precision, backbone = setting
+                result = run_setting(work, processes, fixed_size, precision == "bf16", backbone, args)
+                if setting not in best or result["step_s"] < best[setting]["step_s"]:
+                    best[setting] = result
+                print(f"done: {setting} {result}", file=sys.stderr, flush=True)
     memory = "peak RSS / process (GiB)" if args.device == "cpu" else "peak GPU memory (GiB)"
+    print(hardware_line(args.device))
     print(f"\nINTR ResNet-50, 200 classes, batch {args.batch_size} per device, {args.device}, "
-          f"mean of {args.steps} steps after {args.warmup_steps} warm-up\n")
-    print(f"| processes | input | precision | s / step | images / s | {memory} |")
-    print("|---|---|---|---|---|---|")
-    for processes, size, precision, result in rows:
-        print(f"| {processes} | {size} | {precision} | {result['step_s']:.2f} | {result['images_per_s']:.2f} | "
-              f"{result['peak_gib']:.2f} |")
+          f"mean of {args.steps} steps after {args.warmup_steps} warm-up, best of {args.rounds} round(s)\n")
+    print(f"| processes | input | precision | backbone | s / step | images / s | {memory} | speed-up vs today |")
+    print("|---|---|---|---|---|---|---|---|")
+    for setting in settings:
+        processes, fixed_size, precision, backbone = setting
+        result = best[setting]
+        today = best.get((processes, fixed_size, precision, "today"))
+        speed_up = f"{today['step_s'] / result['step_s']:.2f}x" if today else "-"
+        print(f"| {processes} | {'448 fixed' if fixed_size else 'multi-scale'} | {precision} | {backbone} | "
+              f"{result['step_s']:.2f} | {result['images_per_s']:.2f} | {result['peak_gib']:.2f} | {speed_up} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ decoder layer on: the first one sees only the zero target.)
     -> final LayerNorm -> presence head -> logits [b, num_labels]
 """
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithCrossAttentions
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.resnet.modeling_resnet import (
+    ResNetBasicLayer,
+    ResNetBottleNeckLayer,
+    ResNetConvLayer,
+    ResNetShortCut,
+)
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
@@ -99,7 +106,12 @@ class IntrImageClassifierOutput(ModelOutput):
 
 
 class IntrFrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters (buffers), eps 1e-5, as the reference backbone."""
+    """
+    BatchNorm2d with fixed statistics and affine parameters (buffers), eps 1e-5, as the reference backbone.
+
+    In a transformers ResNet it never runs over activations: [`IntrConvNormActivation`] folds its affine into the
+    convolution before it. Its own `forward` serves a backbone where a BatchNorm follows no convolution.
+    """
 
     def __init__(self, num_features: int):
         super().__init__()
@@ -112,23 +124,158 @@ class IntrFrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + "num_batches_tracked", None)  # meaningless for frozen statistics
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(scale, shift)`, each `[num_features]`: the BatchNorm is `x * scale + shift` per channel."""
         scale = self.weight * (self.running_var + 1e-5).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.affine()
         # in the activations' dtype: under bf16 autocast a float32 affine would turn every activation back to float32
         scale, shift = scale.to(hidden_states.dtype), shift.to(hidden_states.dtype)
         return hidden_states * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+@functools.cache
+def _onednn_fusion_dtypes() -> tuple[torch.dtype, ...]:
+    """dtypes in which oneDNN's fused convolution runs here: x86 only (the measured code paths: AVX2, AVX-512), and
+    bf16 only where oneDNN has a bf16 convolution (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; elsewhere the op refuses it)."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
+        return ()
+    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+
+
+def _fused_convolution_applies(hidden_states: torch.Tensor, weight: torch.Tensor, convolution: nn.Conv2d) -> bool:
+    """Whether oneDNN's fused convolution (`torch.ops.mkldnn._convolution_pointwise`: + residual, ReLU in the
+    convolution's own output pass, the kernel inductor emits) can run: a CPU inference forward (not under autocast:
+    that op has no autocast rule) in a dtype oneDNN fuses here, with zero padding given as numbers."""
+    return (
+        hidden_states.device.type == "cpu"
+        and hidden_states.dtype in _onednn_fusion_dtypes()
+        and weight.dtype == hidden_states.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and convolution.padding_mode == "zeros"
+        and not isinstance(convolution.padding, str)
+        and torch.backends.mkldnn.enabled
+    )
+
+
+class IntrConvNormActivation(nn.Module):
+    """
+    A convolution, a frozen BatchNorm, an optional residual addition and an optional activation (transformers
+    ResNet's `ResNetConvLayer`, its `ResNetShortCut`, and the last convolution of a residual block together with the
+    block's addition and ReLU) computed as ONE convolution: conv(x, W) * scale + shift = conv(x, W * scale) + shift,
+    so the BatchNorm costs no pass over the activations. On CPU inference the residual addition and the ReLU run inside
+    oneDNN's convolution too. The submodules keep the wrapped module's names (`convolution`, `normalization`), so
+    state_dict keys and values are unchanged.
+
+    Where no gradient can reach the weights (eval, `torch.no_grad`, a frozen stage) the folded weight and bias are
+    computed once and cached under a key of the source tensors' storage, version counter, dtype and device:
+    `load_state_dict`, `.to(...)` and in-place edits all change it, so the cache is never stale. Where a gradient can
+    reach them (training an unfrozen stage) the weight is scaled on the fly and autograd differentiates the fold.
+    """
+
+    def __init__(self, convolution: nn.Conv2d, normalization: IntrFrozenBatchNorm2d, activation: nn.Module | None):
+        super().__init__()
+        self.convolution = convolution
+        self.normalization = normalization
+        if isinstance(activation, nn.ReLU):
+            activation = nn.ReLU(inplace=True)  # it only ever sees this layer's fresh output
+        self.activation = activation if activation is not None else nn.Identity()
+        self._folded_cache = None  # (key, weight, bias)
+
+    def _sources(self) -> list[torch.Tensor]:
+        norm = self.normalization
+        sources = [self.convolution.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        return sources + ([self.convolution.bias] if self.convolution.bias is not None else [])
+
+    def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution's weight `[out, in/groups, kh, kw]` and bias `[out]` with the BatchNorm folded in."""
+        scale, shift = self.normalization.affine()  # [out], [out]
+        weight = self.convolution.weight * scale.to(self.convolution.weight.dtype)[:, None, None, None]
+        bias = shift if self.convolution.bias is None else shift + self.convolution.bias * scale
+        return weight, bias.to(weight.dtype)
+
+    def _cached_folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        sources = self._sources()
+        key = tuple((t.untyped_storage().data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        if self._folded_cache is None or self._folded_cache[0] != key:
+            # outside inference mode: the cache may later serve a forward that records autograd for its input
+            with torch.inference_mode(False), torch.no_grad():
+                self._folded_cache = (key, *self.folded_weight_and_bias())
+        return self._folded_cache[1:]
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """`activation(conv(hidden_states) * scale + shift [+ residual])`, `[b, in, H, W]` -> `[b, out, H', W']`."""
+        compiling = torch.compiler.is_compiling()  # a compiled graph folds and fuses on its own
+        if compiling or (torch.is_grad_enabled() and any(t.requires_grad for t in self._sources())):
+            weight, bias = self.folded_weight_and_bias()  # autograd differentiates through the fold
+        else:
+            weight, bias = self._cached_folded_weight_and_bias()
+        inputs = (hidden_states, weight) if residual is None else (hidden_states, weight, residual)
+        records_autograd = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        if (
+            not (compiling or records_autograd)
+            and isinstance(self.activation, (nn.ReLU, nn.Identity))
+            and _fused_convolution_applies(hidden_states, weight, self.convolution)
+        ):
+            conv = self.convolution
+            arguments = (weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+            activation = "relu" if isinstance(self.activation, nn.ReLU) else "none"
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(hidden_states, *arguments, activation, [], "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                hidden_states, residual, *arguments, "add", None, activation, [], ""
+            )
+        return self._unfused(hidden_states, weight, bias, residual)
+
+    def _unfused(self, hidden_states, weight, bias, residual):
+        hidden_states = self.convolution._conv_forward(hidden_states, weight, bias)
+        if residual is not None:
+            hidden_states += residual  # (the convolution's backward does not need its output)
+        return self.activation(hidden_states)
+
+
+class IntrResNetBlock(nn.Module):
+    """
+    A transformers-ResNet residual block (basic or bottleneck) whose last convolution also adds the shortcut and
+    applies the block's activation: activation(layer(x) + shortcut(x)) in one [`IntrConvNormActivation`]. Submodule
+    names (`shortcut`, `layer`) and state_dict keys are the wrapped block's.
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.shortcut = block.shortcut
+        self.layer = block.layer  # nn.Sequential of IntrConvNormActivation; the last one has no activation of its own
+        self.layer[-1].activation = nn.ReLU(inplace=True) if isinstance(block.activation, nn.ReLU) else block.activation
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        residual = self.shortcut(hidden_states)
+        *first_layers, last_layer = self.layer
+        for layer in first_layers:
+            hidden_states = layer(hidden_states)
+        return last_layer(hidden_states, residual)
+
+
 def _freeze_batch_norms(module: nn.Module) -> None:
+    """
+    Every BatchNorm2d becomes an [`IntrFrozenBatchNorm2d`] (same values). In a transformers ResNet every convolution
+    layer (conv -> BatchNorm -> activation) then becomes an [`IntrConvNormActivation`] with the BatchNorm folded in,
+    and every residual block an [`IntrResNetBlock`]; parameter and buffer names do not change.
+    """
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             frozen = IntrFrozenBatchNorm2d(child.num_features)
             for buffer in ("weight", "bias", "running_mean", "running_var"):
                 getattr(frozen, buffer).copy_(getattr(child, buffer).detach())
             setattr(module, name, frozen)
-        else:
-            _freeze_batch_norms(child)
+            continue
+        _freeze_batch_norms(child)
+        if isinstance(child, (ResNetConvLayer, ResNetShortCut)):
+            activation = getattr(child, "activation", None)
+            setattr(module, name, IntrConvNormActivation(child.convolution, child.normalization, activation))
+        elif isinstance(child, (ResNetBasicLayer, ResNetBottleNeckLayer)):
+            setattr(module, name, IntrResNetBlock(child))
 
 
 class IntrConvEncoder(nn.Module):
@@ -157,6 +304,15 @@ class IntrConvEncoder(nn.Module):
         self.batch_invariant = config.batch_invariant
 
     @staticmethod
+    def runs_channels_last(pixel_values: torch.Tensor) -> bool:
+        """
+        The backbone's layout (measured in `benchmarks/bench_forward.py`): channels-last on CPU in every dtype (oneDNN
+        convolutions and the max-pool then need no reorder of the activations; float32 results stay within float32
+        noise of the float64 truth), and under autocast on any device (tensor cores). float32 on GPU keeps NCHW.
+        """
+        return pixel_values.device.type == "cpu" or torch.is_autocast_enabled(pixel_values.device.type)
+
+    @staticmethod
     def _resnet_stage_name(parameter_name: str) -> str | None:
         # embedder.* -> "stem", encoder.stages.{i}.* -> "stage{i+1}" (transformers ResNet layout)
         if parameter_name.startswith("embedder."):
@@ -177,9 +333,7 @@ class IntrConvEncoder(nn.Module):
             conv.dilation, conv.padding = (2, 2), (2, 2)
 
     def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.is_autocast_enabled(pixel_values.device.type):
-            # reduced precision: channels-last convolutions are much faster (oneDNN on CPU, tensor cores on GPU).
-            # In float32 the reference's layout is kept: another summation order would move results by ~1e-5.
+        if self.runs_channels_last(pixel_values):
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if self.batch_invariant and not bool(pixel_mask.all()):
             return self._forward_per_image(pixel_values, pixel_mask)

@@ -1,0 +1,52 @@
+"""The backbone as it ran before the fold ("today" in the benchmarks), rebuilt on a current model for A/B runs.
+
+Per choice of `modeling_intr`'s backbone, a switch that undoes it, so every before/after ratio comes from one process:
+
+- `fold=False`: conv -> frozen BatchNorm as its own element-wise pass (x * scale + shift) -> out-of-place ReLU, and
+  the residual block's `+=` then out-of-place ReLU (transformers' ResNetConvLayer / ResNetBottleNeckLayer code);
+- `fuse=False`: the folded convolution, then the residual addition and the ReLU as separate passes;
+- `channels_last=False`: NCHW in float32 as before (channels-last only under autocast).
+
+`unfolded_backbone()` with every switch off is the code before issue 11: the reference-equivalent baseline.
+"""
+
+import contextlib
+
+from torch import nn
+
+import modeling_intr.modeling_intr as modeling
+
+
+def _unfolded_forward(self, hidden_states, residual=None):
+    hidden_states = self.normalization(self.convolution(hidden_states))  # the BatchNorm pass over the activations
+    if residual is not None:
+        hidden_states += residual
+    if isinstance(self.activation, nn.ReLU):
+        return nn.functional.relu(hidden_states)  # out of place, as transformers' nn.ReLU()
+    return self.activation(hidden_states)
+
+
+def _channels_last_under_autocast_only(pixel_values):
+    import torch
+
+    return torch.is_autocast_enabled(pixel_values.device.type)
+
+
+@contextlib.contextmanager
+def unfolded_backbone(fold: bool = False, fuse: bool = False, channels_last: bool = False):
+    """Within the block, every `IntrConvEncoder` runs with the choices switched off that are False here."""
+    patches = []
+    if not fold:
+        patches.append((modeling.IntrConvNormActivation, "forward", _unfolded_forward))
+    if not fuse:
+        patches.append((modeling, "_fused_convolution_applies", lambda *args: False))
+    if not channels_last:
+        patches.append((modeling.IntrConvEncoder, "runs_channels_last", staticmethod(_channels_last_under_autocast_only)))
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)

@@ -152,12 +152,13 @@ def load_image(source):
         with open(text, "rb") as file:
             empty = not file.read(1)
     except FileNotFoundError:
-        if len(text) > 256:  # not a path: transformers also accepts raw base64 image data
-            try:
-                return load_remote_image(text)
-            except Exception:
-                pass
-        raise ValueError(f"the file {text} does not exist; check the path.") from None
+        missing = ValueError(f"the file {text} does not exist; check the path.")
+        if len(text) <= 256:  # a path; longer strings may be raw base64 image data, which transformers also accepts
+            raise missing from None
+        try:
+            return load_remote_image(text)
+        except ValueError:
+            raise missing from None
     except IsADirectoryError:
         raise ValueError(f"{text} is a folder, not an image file.") from None
     if empty:

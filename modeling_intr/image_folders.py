@@ -123,7 +123,11 @@ def read_labels_file(path: str | Path) -> LabelNames:
         raise LabelsFileError(f"Labels file {path} has no class names.")
     if not all(isinstance(name, str) and name.strip() for name in names):
         raise LabelsFileError(f"Labels file {path}: every class name must be a non-empty string.")
-    return LabelNames(tuple(name.strip() for name in names), path.name, how)
+    names = [name.strip() for name in names]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise LabelsFileError(f"Labels file {path}: duplicate class names {duplicates}.")
+    return LabelNames(tuple(names), path.name, how)
 
 
 def _labels_from_json(path: Path, text: str) -> tuple[list[str], str]:

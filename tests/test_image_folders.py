@@ -143,6 +143,7 @@ REFUSED_LABELS_FILES = {
     "unquoted.csv": ("name\nchickadee, black-capped\n", "the header has one column but a row has 2 cells"),
     "header_only.csv": ("name\n", "needs a header row and one row per class"),
     "empty.txt": ("\n\n", "has no class names"),
+    "duplicates.txt": ("cat\ndog\n cat\n", "duplicate class names ['cat']"),
 }
 
 

@@ -29,17 +29,22 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 # 1.9 s with OMP_WAIT_POLICY=ACTIVE, 0.1 s with PASSIVE).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import gradio as gr
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from modeling_intr.extras import optional_dependencies
 from modeling_intr.image_processing_intr import resize_maps
 from modeling_intr.interpret import similar_classes, top_predictions
 from modeling_intr.localization import peak_location
-from modeling_intr.pictures import overlay
 from modeling_intr.vit_rollout import attention_rollout, gradient_rollout
+
+with optional_dependencies("app.py", "'intr-transformers[app]'", ["gradio", "matplotlib"],
+                           command_line=__name__ == "__main__"):
+    import gradio as gr
+
+    from modeling_intr.pictures import overlay
 
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"

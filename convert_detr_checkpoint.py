@@ -14,7 +14,7 @@ import logging
 import sys
 
 from modeling_intr.convert import LAYOUTS, PushToHubError, convert_checkpoint
-from modeling_intr.image_folders import labels_from_image_folder, read_labels_file
+from modeling_intr.image_folders import LabelNames, labels_from_image_folder, read_labels_file
 
 ARCHITECTURE_OVERRIDES = ("dilation", "num_attention_heads", "dropout", "attention_dropout")  # IntrConfig arguments
 
@@ -34,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         "classes", "At most one. A DETR checkpoint needs one; an INTR checkpoint defaults to its own query count."
     ).add_mutually_exclusive_group()
     labels.add_argument("--num_labels", type=int, help="Number of classes, named LABEL_0, LABEL_1, ...")
-    labels.add_argument("--labels", metavar="FILE", help="Class names: a CUB-style classes.txt ('1 001.Black_footed_"
-                        "Albatross', line 1 = class 0, the '001.' prefix dropped) or one name per line.")
+    labels.add_argument("--labels", metavar="FILE", help="Class names, index 0 first: one name per line (a CUB-style "
+                        "classes.txt '1 001.Black_footed_Albatross' numbered 1..N on every line has its numbering "
+                        "stripped; partial numbering is an error), a .json list or {\"0\": name, ...} object (or a "
+                        "config with id2label), or a .csv / .tsv with a header: id and name columns, or one name "
+                        "column. The summary says how the file was read.")
     labels.add_argument("--labels_from_dir", metavar="TRAIN_DIR", help="Class names = the sorted class folder names "
                         "of an image folder TRAIN_DIR/<class>/<image> (the order of run_finetune.py and imagefolder).")
     parser.add_argument("--noise_frac", type=float, default=0.1, help="Classes beyond the checkpoint's queries start "
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.labels:
             id2label = read_labels_file(args.labels)
         elif args.labels_from_dir:
-            id2label = labels_from_image_folder(args.labels_from_dir)
+            id2label = LabelNames(tuple(labels_from_image_folder(args.labels_from_dir)), args.labels_from_dir,
+                                  "sorted class folder names, as run_finetune.py and imagefolder")
         else:
             id2label = None
         convert_checkpoint(

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
 
+from modeling_intr.extras import optional_dependencies
 from modeling_intr.image_folders import is_image_file, list_classes
+
+with optional_dependencies("make_digits_dataset.py", "scikit-learn", ["sklearn"], command_line=__name__ == "__main__"):
+    from sklearn.datasets import load_digits
 
 
 def render_digit(digit: np.ndarray, canvas_size: int, digit_size: int, rng: np.random.Generator):

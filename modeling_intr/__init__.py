@@ -6,7 +6,8 @@
 `model_card`), datasets (`data`, `image_folders`), explanations (`interpret`, `vit_rollout`, `faithfulness`,
 `localization`) and their pictures and command line (`pictures`; `visualize` over `visualize_inputs`,
 `visualize_batches`, `visualize_outputs`). Importing the package registers INTR with the transformers auto classes,
-in process and for `save_pretrained`.
+in process and for `save_pretrained`. Command lines name a missing optional dependency's pip command through
+`extras.optional_dependencies`.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification

@@ -21,6 +21,7 @@ import torch
 from .checkpoint_config import GIVEN, LAYOUT_DEFAULT, build_config, recorded_values
 from .checkpoint_io import CheckpointError, read_checkpoint
 from .checkpoint_layouts import LAYOUTS, detect_layout, map_to_intr_names
+from .image_folders import LabelNames
 from .modeling_intr import IntrForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ConversionSummary:
     presence_head: str
     dropped: list[str]  # source keys not converted (DETR's detection heads)
     notes: list[str] = field(default_factory=list)
+    labels_source: str | None = None  # how the class names were read, e.g. "200 names from classes.txt (...)"
     output_dir: Path | None = None
     files: list[str] = field(default_factory=list)
 
@@ -68,6 +70,7 @@ class ConversionSummary:
             f"  config        : {config[0]}",
             *(f"                  {line}" for line in config[1:]),
             f"  classes       : {len(labels)} ({shown})",
+            *([f"  labels        : {self.labels_source}"] if self.labels_source else []),
             f"  class queries : {self.class_queries}",
             f"  presence head : {self.presence_head}",
             f"  dropped       : {self.dropped_text}",
@@ -226,7 +229,9 @@ def convert_with_summary(
     Args:
         checkpoint: a `.pth` / `.bin` / `.safetensors` file, a Hugging Face DETR folder, or an already loaded
             `{"model": state_dict, "args": ...}` or state dict. Its layout is detected from the keys (`LAYOUTS`).
-        id2label: the class names (a list, index 0 first, or `{index: name}`); else `num_labels` gives `LABEL_i`. An
+        id2label: the class names (a list, index 0 first, or `{index: name}`; a `LabelNames` from
+            `image_folders.read_labels_file` also puts how they were read in the summary); else `num_labels` gives
+            `LABEL_i`. An
             INTR checkpoint defaults to its own query count, and a different count is an error unless
             `reinit_class_queries`. At least two classes.
         num_labels: the number of classes C.
@@ -277,6 +282,7 @@ def convert_with_summary(
         presence_head=presence_text,
         dropped=dropped,
         notes=_notes(origins),
+        labels_source=str(id2label) if isinstance(id2label, LabelNames) else None,
     )
     return Conversion(model=model.eval(), summary=summary)
 

@@ -107,15 +107,22 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 def open_image(source: dict | str | Path) -> PIL.Image.Image:
     """
     Open and fully decode an image given as a path or as a `datasets` image dict (`{"path", "bytes"}`), returning it
-    in RGB. Raises `ValueError` with the reason for a missing, empty, non-image, truncated or corrupt file.
+    in RGB. Raises `ValueError` with the reason for a missing, empty, non-image, truncated or corrupt file; the reason
+    does not repeat the file's name (the caller names it).
     """
     if isinstance(source, dict) and source.get("bytes") is not None:
-        try:
-            image = PIL.Image.open(BytesIO(source["bytes"]))
-        except PIL.UnidentifiedImageError:
-            raise ValueError("not an image file PIL can read") from None
+        data = source["bytes"]
     else:
-        image = load_image(source["path"] if isinstance(source, dict) else source)
+        try:
+            data = Path(source["path"] if isinstance(source, dict) else source).read_bytes()
+        except OSError as error:
+            raise ValueError(f"cannot be read ({error.strerror})") from None
+    if not data:
+        raise ValueError("the file is empty (0 bytes)")
+    try:
+        image = PIL.Image.open(BytesIO(data))
+    except PIL.UnidentifiedImageError:
+        raise ValueError("not an image file PIL can read") from None
     return to_rgb(image)
 
 
@@ -131,16 +138,13 @@ def check_image_size(image: PIL.Image.Image, image_processor=None) -> None:
         get_resize_output_size((image.height, image.width), size["shortest_edge"], size.get("longest_edge"))
 
 
-def _image_name(source: dict, index: int) -> str:
-    return source.get("path") or f"<image {index} (bytes)>"
-
-
 def find_unreadable_images(
-    dataset: datasets.Dataset, image_column: str, image_processor=None
+    dataset: datasets.Dataset, image_column: str, image_processor=None, names: Sequence[str] | None = None
 ) -> tuple[list[int], list[str]]:
     """
     Decode every image of `dataset` once (as training would) and check its size (`check_image_size`); return the
-    indices of the usable ones and a `"name: reason"` line for every other one.
+    indices of the usable ones and a `"name: reason"` line for every other one. The name is `names[index]` (for a
+    folder dataset: the file's path relative to the dataset root) or, without `names`, `image <index>`.
     """
     sources = dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]
     readable, unreadable = [], []
@@ -149,7 +153,7 @@ def find_unreadable_images(
             with open_image(source) as image:
                 check_image_size(image, image_processor)
         except (ValueError, OSError, PIL.Image.DecompressionBombError) as error:
-            unreadable.append(f"{_image_name(source, index)}: {error}")
+            unreadable.append(f"{names[index] if names is not None else f'image {index}'}: {error}")
         else:
             readable.append(index)
     return readable, unreadable
@@ -225,6 +229,7 @@ def load_image_splits(
             unlisted = sorted(set(report.image_files[folder_names[split]]) - set(loaded_files))
             skipped[split] += [f"{name}: not listed in the metadata file, left out by the loader" for name in unlisted]
         else:
+            loaded_files = None  # a Hub dataset's images are named by their index
             if label_name is None:
                 raise DataError(f"Split {split!r} of {dataset_name!r} has no ClassLabel column: {dataset.features}.")
             split_classes = dataset.features[label_name].names
@@ -233,7 +238,7 @@ def load_image_splits(
             classes = split_classes
             dataset = dataset.rename_columns({name: new for name, new in ((image_name, "image"),
                                               (label_name, "label")) if name != new})
-        readable, unreadable = find_unreadable_images(dataset, "image", image_processor)
+        readable, unreadable = find_unreadable_images(dataset, "image", image_processor, loaded_files)
         skipped[split] += unreadable
         if skipped[split] and strict_images:
             raise DataError(f"{len(skipped[split])} unreadable file(s) in split {split!r} (--strict_images): "

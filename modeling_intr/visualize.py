@@ -38,8 +38,8 @@ from .faithfulness import evaluate_explanations
 from .image_processing_intr import crop_padded_batch
 from .modeling_intr import IntrForImageClassification
 from .visualize_batches import explain_items
+from .extras import MissingDependencyError, optional_dependencies
 from .visualize_inputs import DEFAULT_IMAGE, VisualizeError, collect_images, load_model, model_sources
-from .visualize_outputs import average_localization, write_image_outputs, write_totals
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -95,6 +95,8 @@ def _check_model_options(model, kind, args):
 
 def visualize_model(model_path, items, args, output_dir, many_models):
     """Explain every item with one model and write its outputs. Returns (summaries, faithfulness or None, skipped)."""
+    from .visualize_outputs import write_image_outputs  # matplotlib: imported (and checked) by `run`
+
     model, processor = load_model(model_path, DTYPES[args.dtype])
     kind = "intr" if isinstance(model, IntrForImageClassification) else "vit"
     _check_model_options(model, kind, args)
@@ -131,7 +133,13 @@ def visualize_model(model_path, items, args, output_dir, many_models):
 
 
 def run(args):
-    """Read the inputs, explain them with every model, write the outputs. Returns (output folder, skipped lines)."""
+    """
+    Read the inputs, explain them with every model, write the outputs. Returns (output folder, skipped lines).
+    Without matplotlib (the `viz` extra) raises `MissingDependencyError` saying what to install.
+    """
+    with optional_dependencies("intr-visualize", "'intr-transformers[viz]'", ["matplotlib"]):
+        from .visualize_outputs import average_localization, write_totals  # the pictures
+
     model_paths = model_sources(args)
     items = collect_images(args)
     output_dir = Path(args.output_dir)
@@ -162,7 +170,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         output_dir, skipped = run(args)
-    except VisualizeError as error:
+    except (VisualizeError, MissingDependencyError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"Wrote explanations to {output_dir}")

@@ -285,16 +285,33 @@ def test_query_expansion_rule(num_labels):
 def test_cub_classes_file():
     labels = read_labels_file(FIXTURES / "official_preprocessing" / "classes.txt")
     assert len(labels) == 200 and labels[0] == "Black_footed_Albatross" and labels[199] == "Common_Yellowthroat"
+    assert str(labels) == "200 names from classes.txt (CUB numbering '1 001.Name' stripped)"
+    # the formats accepted and refused are specified in test_image_folders.py
 
 
-def test_plain_and_malformed_labels_files(tmp_path):
-    plain = tmp_path / "plain.txt"
-    plain.write_text("cardinal\n\nblue jay\n")
-    assert read_labels_file(plain) == ["cardinal", "blue jay"]
-    skipped = tmp_path / "skipped.txt"
-    skipped.write_text("1 001.a\n3 003.c\n")
-    with pytest.raises(ValueError, match="line 2 is numbered 3"):
-        read_labels_file(skipped)
+@requires_fixtures
+def test_cli_summary_says_how_the_labels_file_was_read(detr_r18, tmp_path, capsys):
+    labels = tmp_path / "classes.txt"
+    cub = (FIXTURES / "official_preprocessing" / "classes.txt").read_text().splitlines()
+    labels.write_text("\n".join(cub[:12]))
+    status, out, err = run_cli(capsys, "--checkpoint", detr_r18, "--output_dir", tmp_path / "a", "--labels", labels)
+    assert status == 0, err
+    assert "  labels        : 12 names from classes.txt (CUB numbering '1 001.Name' stripped)" in out.splitlines()
+    assert "12 (Black_footed_Albatross, Laysan_Albatross, Sooty_Albatross, ..., Yellow_headed_Blackbird)" in out
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["id2label"]["0"] == "Black_footed_Albatross"
+
+    (tmp_path / "classes.json").write_text(json.dumps({"id2label": {"0": "wren", "1": "owl"}}))
+    status, out, err = run_cli(capsys, "--checkpoint", detr_r18, "--output_dir", tmp_path / "b",
+                               "--labels", tmp_path / "classes.json")
+    assert status == 0, err
+    assert "  labels        : 2 names from classes.json (JSON config's id2label)" in out.splitlines()
+
+    labels.write_text("1 001.Black_footed_Albatross\n2 Laysan_Albatross\n")  # partly prefixed: refused
+    status, out, err = run_cli(capsys, "--checkpoint", detr_r18, "--output_dir", tmp_path / "c", "--labels", labels)
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: Labels file ") and "'002.' prefix" in err and "JSON list" in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_labels_from_dir_match_the_imagefolder_loader(tmp_path):
@@ -331,6 +348,7 @@ def test_cli_labels_file_and_labels_from_dir(detr_r18, tmp_path, capsys):
                                "--labels_from_dir", tmp_path / "train", "--seed", 5)
     assert status == 0, err
     assert "3 (finch, owl, wren)" in out and "3 copied, 4 unused" in out
+    assert f"  labels        : 3 names from {tmp_path / 'train'} (sorted class folder names" in out
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["id2label"] == {"0": "finch", "1": "owl", "2": "wren"}
 

@@ -29,9 +29,11 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from modeling_intr.checkpoints import CheckpointError
+from modeling_intr.extras import optional_dependencies
 
 TRAINING_EXTRAS = ("datasets", "evaluate", "accelerate")
-try:
+with optional_dependencies("run_finetune.py", "'intr-transformers[train]'", TRAINING_EXTRAS,
+                           command_line=__name__ == "__main__"):
     import accelerate  # noqa: F401  (the Trainer's engine)
     import datasets
     import evaluate
@@ -54,14 +56,6 @@ try:
         write_model_card,
     )
     from modeling_intr.training_output import prepare_output_dir, resolve_resume_checkpoint
-except ImportError as error:
-    if error.name not in TRAINING_EXTRAS:
-        raise
-    _message = (f"run_finetune.py needs the training extras ({error.name} is not installed): "
-                "pip install 'intr-transformers[train]'")
-    if __name__ == "__main__":
-        sys.exit(f"error: {_message}")
-    raise ImportError(_message, name=error.name) from error
 
 logger = logging.getLogger(__name__)
 

@@ -655,8 +655,7 @@ def test_missing_training_dependency_is_one_pip_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["run_finetune.py", "--help"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "run_finetune.py"), run_name="__main__")
-    assert exit_info.value.code == ("error: run_finetune.py needs the training extras (evaluate is not installed): "
-                                    "pip install 'intr-transformers[train]'")
+    assert exit_info.value.code == "error: run_finetune.py needs evaluate: pip install 'intr-transformers[train]'"
     with pytest.raises(ImportError, match=r"pip install 'intr-transformers\[train\]'"):
         runpy.run_path(str(REPO / "run_finetune.py"), run_name="imported")
 

@@ -6,8 +6,8 @@ ResNet-50 INTR, 200 classes, eval mode, random weights (speed does not depend on
 
 - `today`: the backbone before issue 11 (frozen BatchNorm as its own pass, out-of-place ReLU, NCHW in float32): the
   reference-equivalent baseline every ratio is taken against;
-- `fold`, `fold+fuse`, `fold+channels-last`: one choice at a time;
-- `ours`: the model as shipped (fold + fuse + channels-last on CPU).
+- `fold`, `fold+channels-last`: one choice at a time;
+- `ours`: the model as shipped (fold + channels-last on CPU).
 
 All settings run interleaved (each once per round, best of `--repeats` rounds), so drift in machine load hits them
 alike. Each row gives the time split into backbone / encoder / decoder (the rest: input projection, position
@@ -43,7 +43,6 @@ from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
 CONFIGURATIONS = {
     "today": dict(),
     "fold": dict(fold=True),
-    "fold+fuse": dict(fold=True, fuse=True),
     "fold+channels-last": dict(fold=True, channels_last=True),
     "ours": None,  # nothing switched off
 }

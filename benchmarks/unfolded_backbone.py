@@ -4,7 +4,6 @@ Per choice of `modeling_intr`'s backbone, a switch that undoes it, so every befo
 
 - `fold=False`: conv -> frozen BatchNorm as its own element-wise pass (x * scale + shift) -> out-of-place ReLU, and
   the residual block's `+=` then out-of-place ReLU (transformers' ResNetConvLayer / ResNetBottleNeckLayer code);
-- `fuse=False`: the folded convolution, then the residual addition and the ReLU as separate passes;
 - `channels_last=False`: NCHW in float32 as before (channels-last only under autocast).
 
 `unfolded_backbone()` with every switch off is the code before issue 11: the reference-equivalent baseline.
@@ -33,13 +32,11 @@ def _channels_last_under_autocast_only(pixel_values):
 
 
 @contextlib.contextmanager
-def unfolded_backbone(fold: bool = False, fuse: bool = False, channels_last: bool = False):
+def unfolded_backbone(fold: bool = False, channels_last: bool = False):
     """Within the block, every `IntrConvEncoder` runs with the choices switched off that are False here."""
     patches = []
     if not fold:
         patches.append((modeling.IntrConvNormActivation, "forward", _unfolded_forward))
-    if not fuse:
-        patches.append((modeling, "_fused_convolution_applies", lambda *args: False))
     if not channels_last:
         patches.append((modeling.IntrConvEncoder, "runs_channels_last", staticmethod(_channels_last_under_autocast_only)))
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]

@@ -13,7 +13,6 @@ decoder layer on: the first one sees only the zero target.)
     -> final LayerNorm -> presence head -> logits [b, num_labels]
 """
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,37 +135,13 @@ class IntrFrozenBatchNorm2d(nn.Module):
         return hidden_states * scale[None, :, None, None] + shift[None, :, None, None]
 
 
-@functools.cache
-def _onednn_fusion_dtypes() -> tuple[torch.dtype, ...]:
-    """dtypes in which oneDNN's fused convolution runs here: x86 only (the measured code paths: AVX2, AVX-512), and
-    bf16 only where oneDNN has a bf16 convolution (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; elsewhere the op refuses it)."""
-    if not (torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
-        return ()
-    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
-
-
-def _fused_convolution_applies(hidden_states: torch.Tensor, weight: torch.Tensor, convolution: nn.Conv2d) -> bool:
-    """Whether oneDNN's fused convolution (`torch.ops.mkldnn._convolution_pointwise`: + residual, ReLU in the
-    convolution's own output pass, the kernel inductor emits) can run: a CPU inference forward (not under autocast:
-    that op has no autocast rule) in a dtype oneDNN fuses here, with zero padding given as numbers."""
-    return (
-        hidden_states.device.type == "cpu"
-        and hidden_states.dtype in _onednn_fusion_dtypes()
-        and weight.dtype == hidden_states.dtype
-        and not torch.is_autocast_enabled("cpu")
-        and convolution.padding_mode == "zeros"
-        and not isinstance(convolution.padding, str)
-        and torch.backends.mkldnn.enabled
-    )
-
-
 class IntrConvNormActivation(nn.Module):
     """
     A convolution, a frozen BatchNorm, an optional residual addition and an optional activation (transformers
     ResNet's `ResNetConvLayer`, its `ResNetShortCut`, and the last convolution of a residual block together with the
     block's addition and ReLU) computed as ONE convolution: conv(x, W) * scale + shift = conv(x, W * scale) + shift,
-    so the BatchNorm costs no pass over the activations. On CPU inference the residual addition and the ReLU run inside
-    oneDNN's convolution too. The submodules keep the wrapped module's names (`convolution`, `normalization`), so
+    so the BatchNorm costs no pass over the activations; the addition and the ReLU then run in place on the
+    convolution's output. The submodules keep the wrapped module's names (`convolution`, `normalization`), so
     state_dict keys and values are unchanged.
 
     Where no gradient can reach the weights (eval, `torch.no_grad`, a frozen stage) the folded weight and bias are
@@ -207,32 +182,16 @@ class IntrConvNormActivation(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """`activation(conv(hidden_states) * scale + shift [+ residual])`, `[b, in, H, W]` -> `[b, out, H', W']`."""
-        compiling = torch.compiler.is_compiling()  # a compiled graph folds and fuses on its own
-        if compiling or (torch.is_grad_enabled() and any(t.requires_grad for t in self._sources())):
+        on_the_fly = torch.is_grad_enabled() and any(t.requires_grad for t in self._sources())
+        if on_the_fly or torch.compiler.is_compiling():  # (a compiled graph folds the constants on its own)
             weight, bias = self.folded_weight_and_bias()  # autograd differentiates through the fold
         else:
             weight, bias = self._cached_folded_weight_and_bias()
-        inputs = (hidden_states, weight) if residual is None else (hidden_states, weight, residual)
-        records_autograd = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        if (
-            not (compiling or records_autograd)
-            and isinstance(self.activation, (nn.ReLU, nn.Identity))
-            and _fused_convolution_applies(hidden_states, weight, self.convolution)
-        ):
-            conv = self.convolution
-            arguments = (weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
-            activation = "relu" if isinstance(self.activation, nn.ReLU) else "none"
-            if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(hidden_states, *arguments, activation, [], "")
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                hidden_states, residual, *arguments, "add", None, activation, [], ""
-            )
-        return self._unfused(hidden_states, weight, bias, residual)
-
-    def _unfused(self, hidden_states, weight, bias, residual):
-        hidden_states = self.convolution._conv_forward(hidden_states, weight, bias)
+        conv = self.convolution
+        hidden_states = nn.functional.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation,
+                                             conv.groups)
         if residual is not None:
-            hidden_states += residual  # (the convolution's backward does not need its output)
+            hidden_states += residual  # in place: the convolution's backward does not need its output
         return self.activation(hidden_states)
 
 

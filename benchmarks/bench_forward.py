@@ -16,6 +16,11 @@ peak. Model FLOPs are counted with `torch.utils.flop_counter` on the unfolded mo
 
     python benchmarks/bench_forward.py [--repeats 5] [--device cpu] [--precisions float32 bf16] [--compile]
 
+The transformer part (encoder + decoder on the 25x33 feature map of an 800x1028 image, 200 class queries, float32)
+is also timed against the reference's, rebuilt with the same weights (`benchmarks/reference_transformer.py`: DETR's
+`nn.MultiheadAttention` layers; its output is checked equal to ours first), interleaved, best of `--repeats`.
+`--transformer_only` runs just that comparison (a minute or two).
+
 To measure the AVX2 code path on an AVX-512 machine: `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/bench_forward.py` (ATen, oneDNN and MKL kernels each have their own
 dispatch; all three are read at start-up).
@@ -37,7 +42,9 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.reference_transformer import ReferenceTransformer  # noqa: E402
 from benchmarks.unfolded_backbone import unfolded_backbone  # noqa: E402
+import modeling_intr.modeling_intr as modeling  # noqa: E402
 from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
 
 CONFIGURATIONS = {
@@ -123,6 +130,50 @@ def peak_memory_gib(name: str, device: str) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
+def transformer_part(model, device: str, repeats: int) -> None:
+    """Print our encoder + decoder against the reference's transformer at equal shapes and weights (float32)."""
+    intr = model.model
+    feature_mask = torch.ones(1, 25, 33, dtype=torch.bool, device=device)  # an 800x1028 image's feature map
+    features = torch.randn(1, 25 * 33, intr.config.d_model, device=device)  # [b, h*w, d] (values do not matter)
+    position_embeddings = intr.position_embedding(feature_mask)
+    class_queries = intr.class_queries.weight[None]  # [1, 200, d]
+    attention_mask = modeling._additive_key_mask(feature_mask, features.dtype)
+
+    def ours(output_attentions):
+        memory = intr.encoder(features, position_embeddings, attention_mask, output_attentions=output_attentions)
+        return intr.decoder(class_queries, memory.last_hidden_state, attention_mask,
+                            output_attentions=output_attentions).last_hidden_state
+
+    references = {need_weights: ReferenceTransformer(intr, need_weights).eval() for need_weights in (True, False)}
+    runs = {
+        "reference (DETR layers: nn.MultiheadAttention, default need_weights=True, cross-attention twice)":
+            lambda: references[True](features, position_embeddings, feature_mask, class_queries),
+        "reference, attention weights only where INTR uses them (the cross-attention's second call)":
+            lambda: references[False](features, position_embeddings, feature_mask, class_queries),
+        "ours": lambda: ours(False),
+        "ours, output_attentions=True (every attention's weights, per head)": lambda: ours(True),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    with torch.no_grad():
+        difference = (runs["ours"]() - next(iter(runs.values()))()).abs().max().item()
+        if difference > 1e-3:
+            raise AssertionError(f"the reference-equivalent transformer's output differs from ours by {difference}")
+        for _ in range(repeats):
+            for name, run in runs.items():
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                best[name] = min(best[name], time.perf_counter() - start)
+    print(f"\nTransformer part (encoder + decoder, 25x33 feature map, 200 class queries, float32, {device}); "
+          f"ours vs reference output max difference {difference:.1e}\n")
+    print("| transformer | ms | time / ours |\n|---|---|---|")
+    for name, seconds in best.items():
+        print(f"| {name} | {1000 * seconds:.0f} | {seconds / best['ours']:.2f}x |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -130,12 +181,16 @@ def main():
     parser.add_argument("--precisions", nargs="+", default=["float32", "bf16"], choices=["float32", "bf16"])
     parser.add_argument("--no_batch", action="store_true", help="skip the padded batch of 4")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the shipped model")
+    parser.add_argument("--transformer_only", action="store_true", help="only the transformer-part comparison")
     parser.add_argument("--memory_probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = IntrForImageClassification(IntrConfig(num_labels=200)).eval().to(args.device)
     single = (torch.randn(1, 3, 800, 1028, device=args.device), None)
+    if args.transformer_only:
+        transformer_part(model, args.device, args.repeats)
+        return
     if args.memory_probe:
         with configuration(args.memory_probe), torch.no_grad():
             model(*single)
@@ -202,6 +257,8 @@ def main():
     if "bf16" in args.precisions and "float32" in args.precisions:
         ratio = best[("float32", "ours", "1", False)][0] / best[("bf16", "ours", "1", False)][0]
         print(f"bf16 autocast speed-up over float32 (ours): {ratio:.2f}x")
+
+    transformer_part(model, args.device, args.repeats)
 
     if args.device == "cpu":
         memory = {name: peak_memory_gib(name, args.device) for name in ("today", "ours")}

@@ -292,7 +292,7 @@ def test_bf16_weights_run_and_stay_close_to_float32():
 @requires_fixtures
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_reference_parity_against_the_float64_truth(dtype):
-    """float64 within 1e-10, float32 (channels-last, fused) within float32 noise, of the float64 reference outputs.
+    """float64 within 1e-10, float32 (channels-last) within float32 noise, of the float64 reference outputs.
     With sdpa and, in float64, without attention weights: until the model branch's fix lands the eager softmax
     (which also serves `output_attentions`) computes in float32."""
     from safetensors.torch import load_file

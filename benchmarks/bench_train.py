@@ -75,7 +75,7 @@ def worker(args: argparse.Namespace) -> None:
 
     timer = StepTimer()
     argv = ["--config_name", str(args.work / "config.json"), "--dataset_path", str(args.work),
-            "--dataset_name", "bench", "--output_dir", str(args.work / "out"), "--do_train",
+            "--dataset_name", "bench", "--output_dir", str(args.work / "out"), "--overwrite_output_dir", "--do_train",
             "--max_steps", str(args.warmup_steps + args.steps), "--per_device_train_batch_size", str(args.batch_size),
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--log_level", "error",
             "--log_level_replica", "error", "--dataloader_pin_memory", "false"]

@@ -247,13 +247,13 @@ def test_hf_detr_model_converts_to_the_same_encoder(tmp_path):
     pixel_values, pixel_mask = torch.randn(2, 3, 96, 128), torch.ones(2, 96, 128, dtype=torch.long)
     pixel_mask[1, 64:, :] = pixel_mask[1, :, 96:] = 0
     with torch.no_grad():
-        expected = detr.model(pixel_values, pixel_mask).encoder_last_hidden_state
+        truth = detr.double().model(pixel_values.double(), pixel_mask).encoder_last_hidden_state  # float64
         for source in (detr.state_dict(), tmp_path / "detr"):
             overrides = {"num_attention_heads": 2} if isinstance(source, dict) else {}
             model = convert_to_model(source, num_labels=3, **overrides)
             assert model.config.num_attention_heads == 2
-            actual = model.model(pixel_values, pixel_mask).encoder_last_hidden_state
-            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+            actual = model.model(pixel_values, pixel_mask).encoder_last_hidden_state  # float32, as converted
+            assert_matches_truth(actual, truth, "encoder output")
 
 
 # ------------------------------------------------------------------------------------------ class queries

@@ -27,7 +27,7 @@ import PIL.Image
 import torch
 
 from .image_folders import METADATA_FILENAMES, image_column, is_image_file, label_column, list_classes
-from .image_processing_intr import get_resize_output_size, load_image, pad_images, to_rgb_array
+from .image_processing_intr import get_resize_output_size, pad_images, to_rgb_array
 
 # Folder name in the reference layout -> split name given by `datasets`' imagefolder loader.
 FOLDER_SPLITS = {"train": "train", "val": "validation", "test": "test"}

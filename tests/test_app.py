@@ -23,7 +23,6 @@ sys.path.insert(0, str(REPO))
 import app  # noqa: E402
 import gradio as gr  # noqa: E402
 from modeling_intr import explain  # noqa: E402
-from modeling_intr.image_processing_intr import resize_maps  # noqa: E402
 from modeling_intr.localization import peak_location  # noqa: E402
 
 SAMPLE = REPO / "examples" / "sample_digit.png"  # a 7

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from modeling_intr import IntrConfig, intr_model_card
-from modeling_intr.training import write_text_atomically
+from modeling_intr.hub_folder import write_text_atomically
 
 ORIGIN = """\
 **intr-digits** is a tiny INTR trained from scratch to classify handwritten digits pasted at a random position and

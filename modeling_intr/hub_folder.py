@@ -1,6 +1,6 @@
-"""Writing a model folder atomically, and uploading it to the Hub.
+"""Writing files and model folders atomically, and uploading a folder to the Hub.
 
-A folder is written to a hidden sibling `.NAME.partial-PID-XXXXXXXX` and renamed into place only when complete, so a
+A file is written to a hidden sibling and renamed over the target (`write_text_atomically`). A folder is written to a hidden sibling `.NAME.partial-PID-XXXXXXXX` and renamed into place only when complete, so a
 crash never leaves a complete-looking folder. A conversion killed outright (SIGKILL, power loss) cannot clean up its
 staging folder; the next run into the same folder removes the staging folders whose process is gone.
 """
@@ -76,6 +76,16 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise OutputDirError(
             f"Output folder {output_dir} exists and is not empty: pass --overwrite (overwrite=True) to replace it."
         )
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `path` through a temporary sibling and a rename: readers see the old file or the new one, never half."""
+    temporary = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_atomically(output_dir: Path, write: Callable[[Path], None]) -> None:

@@ -17,9 +17,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from .checkpoint_io import CheckpointError, load_checkpoint_file
 from .checkpoints import LabelsError, convert_with_summary
 from .configuration_intr import IntrConfig
 from .data import ImageSplits, TrainAugmentation, load_image_splits
+from .hub_folder import write_text_atomically
 from .image_processing_intr import IntrImageProcessor
 from .model_card import intr_model_card
 from .modeling_intr import IntrForImageClassification
@@ -347,16 +346,6 @@ def recipe(trainer: Trainer, *, backbone_learning_rate: float, lr_drop: int, aug
         ("Precision", precision),
         ("Seed", str(args.seed)),
     ]
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `path` through a temporary sibling and a rename: readers see the old file or the new one, never half."""
-    temporary = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_model_card(trainer: Trainer, *, origin: str, details: list[tuple[str, str]], eval_metrics: dict | None,

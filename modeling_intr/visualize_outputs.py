@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from .hub_folder import write_text_atomically
 from .localization import localization_scores, peak_location
 from .pictures import draw_curves, draw_maps_panel, draw_single_map, draw_top_q_panel, overlay, save_picture
 
@@ -83,10 +84,7 @@ def write_image_outputs(folder, item, explanation, kind, model_name, args):
 
 
 def _write_json(path, content):
-    """Write JSON atomically (a temporary file renamed over the target)."""
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(content, indent=1))
-    temporary.replace(path)
+    write_text_atomically(path, json.dumps(content, indent=1))
 
 
 def average_localization(summaries, prefix):

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.reference_transformer import ReferenceTransformer  # noqa: E402
 from benchmarks.unfolded_backbone import unfolded_backbone  # noqa: E402
+from modeling_intr.training import NATIVE_BF16_CPU_FLAGS, cpu_flags  # noqa: E402
 import modeling_intr.modeling_intr as modeling  # noqa: E402
 from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
 
@@ -65,12 +66,7 @@ def hardware_line(device: str) -> str:
     """CPU capability (ATen's kernel dispatch), whether bf16 dot products are native, and any ISA caps in effect."""
     if device == "cuda":
         return f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}"
-    flags = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags.update(line.split(":", 1)[1].split())
-    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    native = sorted(cpu_flags() & NATIVE_BF16_CPU_FLAGS)  # the detection run_finetune.py's --bf16 warning uses
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("AVX2", "SSE41", "AVX")
     bf16 = "emulated" if not native or capped else "native (" + ", ".join(native) + ")"
     caps = ", ".join(f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",

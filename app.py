@@ -84,13 +84,10 @@ def explain_image(model, processor, image):
     inputs = processor(rgb, input_data_format="channels_first", return_tensors="pt").to(model.device)
     with torch.no_grad():
         outputs = model(**inputs, output_attentions=True)
-    num_layers, num_labels = len(outputs.cross_attentions), outputs.logits.shape[-1]
+    every_class = [list(range(outputs.logits.shape[-1]))]  # one image, all its classes at once
     maps = torch.stack([
-        torch.stack([
-            processor.post_process_attention_maps(outputs, class_ids=class_id, layer=layer)[0]["attention_maps"]
-            for class_id in range(num_labels)
-        ])
-        for layer in range(num_layers)
+        processor.post_process_attention_maps(outputs, class_ids=every_class, layer=layer)[0]["attention_maps"]
+        for layer in range(len(outputs.cross_attentions))
     ])
     return rgb.transpose(1, 2, 0), outputs.logits[0].float().cpu(), maps.cpu()
 

@@ -90,7 +90,7 @@ class IntrConfig(PreTrainedConfig):
     model_type = "intr"
     attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "encoder_layers"}
     # Trainer: only `logits` is gathered at evaluation, not the encoder output or the feature mask.
-    keys_to_ignore_at_inference = ["encoder_last_hidden_state", "feature_mask"]
+    keys_to_ignore_at_inference = ["last_hidden_state", "encoder_last_hidden_state", "feature_mask"]
     supported_attention_implementations = ("eager", "sdpa")
     supported_problem_types = ("single_label_classification", "multi_label_classification")
 

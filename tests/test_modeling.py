@@ -249,9 +249,22 @@ def test_tuple_outputs_follow_the_dataclass_order():
     with torch.no_grad():
         as_dict = model(pixel_values, labels=torch.tensor([1]))
         as_tuple = model(pixel_values, labels=torch.tensor([1]), return_dict=False)
-    assert isinstance(as_tuple, tuple)
-    torch.testing.assert_close(as_tuple[0], as_dict.loss)
-    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict)
+    for from_tuple, (name, from_dict) in zip(as_tuple, as_dict.items()):
+        torch.testing.assert_close(from_tuple, from_dict, msg=name)
+    assert list(as_dict)[:3] == ["loss", "logits", "last_hidden_state"]
+
+
+def test_a_config_asking_for_tuples_gets_tuples_from_every_level():
+    model = tiny_model()
+    pixel_values, _ = padded_batch([(64, 64)])
+    with torch.no_grad():
+        as_dict = model(pixel_values, output_attentions=True)
+        model.config.return_dict = False
+        as_tuple = model(pixel_values, output_attentions=True)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict)
+    torch.testing.assert_close(as_tuple[0], as_dict.logits)
+    torch.testing.assert_close(as_tuple[-1], as_dict.cross_attentions)
 
 
 def test_hidden_states_and_presence_head():
@@ -260,7 +273,8 @@ def test_hidden_states_and_presence_head():
     with torch.no_grad():
         outputs = model(pixel_values, output_hidden_states=True)
     assert len(outputs.encoder_hidden_states) == 3 and len(outputs.decoder_hidden_states) == 2
-    from_last_layer = model.presence_head(outputs.decoder_hidden_states[-1]).squeeze(-1)
+    torch.testing.assert_close(outputs.decoder_hidden_states[-1], outputs.last_hidden_state)
+    from_last_layer = model.presence_head(outputs.last_hidden_state).squeeze(-1)
     torch.testing.assert_close(from_last_layer, outputs.logits)
 
 

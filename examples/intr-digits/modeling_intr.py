@@ -80,28 +80,23 @@ class IntrModelOutput(ModelOutput):
 
 
 @dataclass
-class IntrImageClassifierOutput(ModelOutput):
+class _ClassifierHeadOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class IntrImageClassifierOutput(IntrModelOutput, _ClassifierHeadOutput):
     r"""
-    Outputs of [`IntrForImageClassification`].
+    Outputs of [`IntrForImageClassification`]: `loss` and `logits`, then every field of [`IntrModelOutput`] (a
+    dataclass lists the fields of its right-most base first, so the loss stays first as transformers expects).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, with `labels`):
             Classification loss (cross-entropy for single-label classification).
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-            Logit of class c = presence head applied to class query c's decoder output.
-        encoder_last_hidden_state, feature_mask, encoder_hidden_states, decoder_hidden_states, encoder_attentions,
-        decoder_attentions, cross_attentions: as in [`IntrModelOutput`].
+            Logit of class c = presence head applied to class query c's decoder output (`last_hidden_state[:, c]`).
     """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    feature_mask: torch.BoolTensor | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class IntrFrozenBatchNorm2d(nn.Module):
@@ -728,12 +723,13 @@ class IntrModel(IntrPreTrainedModel):
         features = self.input_projection(feature_map).flatten(2).transpose(1, 2)  # [b, h*w, d]
         position_embeddings = self.position_embedding(feature_mask).to(features.dtype)  # [b, h*w, d]
         attention_mask = _additive_key_mask(feature_mask, features.dtype)  # [b, 1, 1, h*w], for every attention
-        encoder_outputs = self.encoder(features, position_embeddings, attention_mask, **kwargs)
+        encoder_outputs = self.encoder(features, position_embeddings, attention_mask, return_dict=True, **kwargs)
         class_queries = self.class_queries.weight[None].expand(features.shape[0], -1, -1)  # [b, num_labels, d]
-        decoder_outputs = self.decoder(class_queries, encoder_outputs.last_hidden_state, attention_mask, **kwargs)
+        memory = encoder_outputs.last_hidden_state  # [b, h*w, d]
+        decoder_outputs = self.decoder(class_queries, memory, attention_mask, return_dict=True, **kwargs)
         return IntrModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_last_hidden_state=memory,
             feature_mask=feature_mask,
             encoder_hidden_states=encoder_outputs.hidden_states,
             decoder_hidden_states=decoder_outputs.hidden_states,
@@ -798,22 +794,12 @@ class IntrForImageClassification(IntrPreTrainedModel):
             kwargs: as in [`IntrModel.forward`]; `num_items_in_batch` (passed by `Trainer`) makes the cross-entropy
                 a sum over the batch divided by it, so the loss is the same whatever the number of processes.
         """
-        outputs = self.model(pixel_values, pixel_mask, **kwargs)
+        outputs = self.model(pixel_values, pixel_mask, return_dict=True, **kwargs)
         logits = self.presence_head(outputs.last_hidden_state).squeeze(-1)  # [b, num_labels]
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits.to(_accumulation_dtype(logits.dtype)), self.config, **kwargs)
-        return IntrImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            feature_mask=outputs.feature_mask,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-        )
+        return IntrImageClassifierOutput(loss=loss, logits=logits, **outputs)
 
 
 __all__ = ["IntrModel", "IntrForImageClassification", "IntrPreTrainedModel", "IntrModelOutput", "IntrImageClassifierOutput"]

@@ -1,11 +1,13 @@
 """The checkpoint layouts the converter knows, and the mapping of every one of their names onto INTR's, in one pass.
 
 Four layouts are recognised from the state-dict keys (never from the file name), see `LAYOUTS`. Each source name maps
-straight to its `IntrForImageClassification` name: the reference's packed attention `in_proj_*` is split into the three
-q/k/v projections (views, not copies), Hugging Face DETR names (transformers v4 spellings as stored on the Hub:
-`conv_encoder`, `out_proj`, `fc1`; or v5's in-memory ones: no `conv_encoder`, `o_proj`, `mlp.fc1`) go to INTR names
-directly, and DETR's detection heads are dropped. The object queries land on `model.class_queries.weight` as they are
-(Q rows); turning them into one query per class is a later step of the pipeline.
+straight to its `IntrForImageClassification` name: backbone (ResNet) names by rule; every other module by its row in
+`_TOP_LEVEL_MODULES` or `_LAYER_MODULES`, which show each INTR module next to its reference (DETR) name and its Hugging
+Face DETR name (transformers v4 spellings as stored on the Hub: `conv_encoder`, `out_proj`, `fc1`; or v5's in-memory
+ones: no `conv_encoder`, `o_proj`, `mlp.fc1`). The reference's packed attention `in_proj_*` is split into the three
+q/k/v projections (views, not copies), and DETR's detection heads are dropped. The object queries land on
+`model.class_queries.weight` as they are (Q rows); turning them into one query per class is a later step of the
+pipeline.
 """
 
 import re
@@ -43,46 +45,57 @@ _TRANSFORMERS_RESNET = re.compile(
     r"\.\w+$"
 )
 
-# the reference's (DETR's) transformer -> INTR
+# The reference's (DETR's) packed attention: one in_proj for q, k and v, split by `_reference_name`
 _REFERENCE_PACKED = re.compile(
     r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|multihead_attn)\.in_proj_(weight|bias)$"
 )
-_REFERENCE_RENAMES = [
-    (r"^backbone\.1\.row_embed\.", "model.position_embedding.row_embeddings."),
-    (r"^backbone\.1\.col_embed\.", "model.position_embedding.column_embeddings."),
-    (r"^input_proj\.", "model.input_projection."),
-    (r"^query_embed\.", "model.class_queries."),
-    (r"^presence_vector\.", "presence_head."),
-    (r"^transformer\.encoder\.norm\.", "model.encoder.layer_norm."),
-    (r"^transformer\.decoder\.norm\.", "model.decoder.layer_norm."),
-    (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.out_proj\.", r"model.\1.layers.\2.self_attn.o_proj."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.multihead_attn\.out_proj\.",
-     r"model.decoder.layers.\1.cross_attn.o_proj."),
-    (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.linear1\.", r"model.\1.layers.\2.mlp.fc1."),
-    (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.linear2\.", r"model.\1.layers.\2.mlp.fc2."),
-    (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.norm1\.", r"model.\1.layers.\2.self_attn_layer_norm."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm2\.", r"model.encoder.layers.\1.final_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"model.decoder.layers.\1.cross_attn_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm3\.", r"model.decoder.layers.\1.final_layer_norm."),
+# Hugging Face DETR's backbone (v4 | v5 spelling), mapped by `_hf_name` with the layout's ResNet naming
+_HF_BACKBONE = re.compile(r"^model\.backbone\.(?:conv_encoder\.)?model\.")
+
+# Every other module, side by side in the three layouts: its INTR name, the regex of its name in the reference (DETR)
+# and in Hugging Face DETR (transformers v4 | v5 spellings), or None where that layout has no such module. A source
+# module name is followed by "." and the tensor name, which is kept.
+_TOP_LEVEL_MODULES = [  # (INTR, reference, Hugging Face)
+    ("model.position_embedding.row_embeddings", r"backbone\.1\.row_embed",
+     r"model\.(?:backbone\.)?position_embedding\.row_embeddings"),
+    ("model.position_embedding.column_embeddings", r"backbone\.1\.col_embed",
+     r"model\.(?:backbone\.)?position_embedding\.column_embeddings"),
+    ("model.input_projection", r"input_proj", r"model\.input_projection"),
+    ("model.class_queries", r"query_embed", r"model\.query_position_embeddings"),
+    ("presence_head", r"presence_vector", None),
+    ("model.encoder.layer_norm", r"transformer\.encoder\.norm", None),
+    ("model.decoder.layer_norm", r"transformer\.decoder\.norm", r"model\.decoder\.layernorm"),
+]
+# The modules of each layer, below these prefixes ({stacks}: the row's first column, the stacks that have the module)
+_LAYER_PREFIXES = (  # (INTR, reference, Hugging Face)
+    r"model.\g<stack>.layers.\g<layer>.",
+    r"transformer\.(?P<stack>{stacks})\.layers\.(?P<layer>\d+)\.",
+    r"model\.(?P<stack>{stacks})\.layers\.(?P<layer>\d+)\.",
+)
+_LAYER_MODULES = [  # (stacks, INTR, reference, Hugging Face); the reference's q/k/v: `_REFERENCE_PACKED`
+    ("encoder|decoder", r"self_attn.\g<qkv>_proj", None, r"self_attn\.(?P<qkv>[qkv])_proj"),
+    ("encoder|decoder", "self_attn.o_proj", r"self_attn\.out_proj", r"self_attn\.(?:out|o)_proj"),
+    ("decoder", r"cross_attn.\g<qkv>_proj", None, r"encoder_attn\.(?P<qkv>[qkv])_proj"),
+    ("decoder", "cross_attn.o_proj", r"multihead_attn\.out_proj", r"encoder_attn\.(?:out|o)_proj"),
+    ("encoder|decoder", "mlp.fc1", r"linear1", r"(?:mlp\.)?fc1"),
+    ("encoder|decoder", "mlp.fc2", r"linear2", r"(?:mlp\.)?fc2"),
+    ("encoder|decoder", "self_attn_layer_norm", r"norm1", r"self_attn_layer_norm"),
+    ("encoder", "final_layer_norm", r"norm2", r"final_layer_norm"),
+    ("decoder", "cross_attn_layer_norm", r"norm2", r"encoder_attn_layer_norm"),
+    ("decoder", "final_layer_norm", r"norm3", r"final_layer_norm"),
 ]
 
-# Hugging Face DETR (v4 | v5 spelling) -> INTR
-_HF_BACKBONE = re.compile(r"^model\.backbone\.(?:conv_encoder\.)?model\.")
-_HF_RENAMES = [
-    (r"^model\.query_position_embeddings\.", "model.class_queries."),
-    (r"^model\.input_projection\.", "model.input_projection."),
-    (r"^model\.(?:backbone\.)?position_embedding\.row_embeddings\.", "model.position_embedding.row_embeddings."),
-    (r"^model\.(?:backbone\.)?position_embedding\.column_embeddings\.", "model.position_embedding.column_embeddings."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.([qkv])_proj\.", r"model.\1.layers.\2.self_attn.\3_proj."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.(?:out|o)_proj\.", r"model.\1.layers.\2.self_attn.o_proj."),
-    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.([qkv])_proj\.", r"model.decoder.layers.\1.cross_attn.\2_proj."),
-    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.(?:out|o)_proj\.", r"model.decoder.layers.\1.cross_attn.o_proj."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.(?:mlp\.)?(fc[12])\.", r"model.\1.layers.\2.mlp.\3."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn_layer_norm\.", r"model.\1.layers.\2.self_attn_layer_norm."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.final_layer_norm\.", r"model.\1.layers.\2.final_layer_norm."),
-    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.", r"model.decoder.layers.\1.cross_attn_layer_norm."),
-    (r"^model\.decoder\.layernorm\.", "model.decoder.layer_norm."),
-]
+
+def _renames(column: int) -> list[tuple[re.Pattern[str], str]]:
+    """(pattern, replacement) pairs for one source layout: its `column` of the tables, 1 reference, 2 Hugging Face."""
+    renames = [(source, intr) for intr, *sources in _TOP_LEVEL_MODULES if (source := sources[column - 1])]
+    renames += [(_LAYER_PREFIXES[column].format(stacks=stacks) + source, _LAYER_PREFIXES[0] + intr)
+                for stacks, intr, *sources in _LAYER_MODULES if (source := sources[column - 1])]
+    return [(re.compile(rf"{pattern}\."), f"{replacement}.") for pattern, replacement in renames]
+
+
+_REFERENCE_RENAMES = _renames(1)
+_HF_RENAMES = _renames(2)
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -107,10 +120,11 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def _renamed(name: str, renames: list[tuple[str, str]]) -> str | None:
+def _renamed(name: str, renames: list[tuple[re.Pattern[str], str]]) -> str | None:
     for pattern, replacement in renames:
-        if re.match(pattern, name):
-            return re.sub(pattern, replacement, name)
+        module = pattern.match(name)
+        if module:
+            return module.expand(replacement) + name[module.end():]
     return None
 
 

@@ -131,33 +131,61 @@ def test_cli_reference_checkpoint_reproduces_reference_outputs_in_a_clean_proces
 
 # ------------------------------------------------------------------------------------------ every real layout
 
-# (source name, rows of a packed in_proj or None, INTR name): placements a same-shape swap would get wrong.
-REFERENCE_SPOTS = [
-    ("transformer.decoder.layers.3.multihead_attn.in_proj_weight", slice(256, 512), "model.decoder.layers.3.cross_attn.k_proj.weight"),
-    ("transformer.decoder.layers.3.self_attn.in_proj_weight", slice(0, 256), "model.decoder.layers.3.self_attn.q_proj.weight"),
-    ("transformer.encoder.layers.5.self_attn.in_proj_bias", slice(512, 768), "model.encoder.layers.5.self_attn.v_proj.bias"),
-    ("transformer.decoder.layers.0.norm2.weight", None, "model.decoder.layers.0.cross_attn_layer_norm.weight"),
-    ("transformer.decoder.layers.0.norm3.bias", None, "model.decoder.layers.0.final_layer_norm.bias"),
-    ("transformer.encoder.layers.1.norm2.weight", None, "model.encoder.layers.1.final_layer_norm.weight"),
-    ("transformer.decoder.layers.2.linear2.weight", None, "model.decoder.layers.2.mlp.fc2.weight"),
-    ("backbone.0.body.layer3.5.bn2.running_var", None, "model.backbone.model.encoder.stages.2.layers.5.layer.1.normalization.running_var"),
-    ("backbone.0.body.layer2.0.downsample.1.weight", None, "model.backbone.model.encoder.stages.1.layers.0.shortcut.normalization.weight"),
+# Spot checks, placements a same-shape swap would get wrong: an INTR name and its source in the reference layouts
+# (detr_original, intr_reference: the name, and the rows of it that are this projection where it is a packed in_proj)
+# and in Hugging Face DETR's (hf_detr_timm, hf_detr).
+SPOTS = [  # (INTR name, reference name, rows or None, Hugging Face name)
+    ("model.decoder.layers.3.cross_attn.k_proj.weight",
+     "transformer.decoder.layers.3.multihead_attn.in_proj_weight", slice(256, 512),
+     "model.decoder.layers.3.encoder_attn.k_proj.weight"),
+    ("model.decoder.layers.3.self_attn.q_proj.weight",
+     "transformer.decoder.layers.3.self_attn.in_proj_weight", slice(0, 256),
+     "model.decoder.layers.3.self_attn.q_proj.weight"),
+    ("model.encoder.layers.5.self_attn.v_proj.bias",
+     "transformer.encoder.layers.5.self_attn.in_proj_bias", slice(512, 768),
+     "model.encoder.layers.5.self_attn.v_proj.bias"),
+    ("model.decoder.layers.1.cross_attn.o_proj.bias",
+     "transformer.decoder.layers.1.multihead_attn.out_proj.bias", None,
+     "model.decoder.layers.1.encoder_attn.out_proj.bias"),
+    ("model.decoder.layers.0.cross_attn_layer_norm.weight",
+     "transformer.decoder.layers.0.norm2.weight", None,
+     "model.decoder.layers.0.encoder_attn_layer_norm.weight"),
+    ("model.decoder.layers.0.final_layer_norm.bias",
+     "transformer.decoder.layers.0.norm3.bias", None,
+     "model.decoder.layers.0.final_layer_norm.bias"),
+    ("model.encoder.layers.1.final_layer_norm.weight",
+     "transformer.encoder.layers.1.norm2.weight", None,
+     "model.encoder.layers.1.final_layer_norm.weight"),
+    ("model.encoder.layers.2.mlp.fc1.weight",
+     "transformer.encoder.layers.2.linear1.weight", None,
+     "model.encoder.layers.2.fc1.weight"),
+    ("model.decoder.layers.2.mlp.fc2.weight",
+     "transformer.decoder.layers.2.linear2.weight", None,
+     "model.decoder.layers.2.fc2.weight"),
+    ("model.decoder.layer_norm.bias",
+     "transformer.decoder.norm.bias", None,
+     "model.decoder.layernorm.bias"),
 ]
-HF_SPOTS = [
-    ("model.decoder.layers.3.encoder_attn.k_proj.weight", None, "model.decoder.layers.3.cross_attn.k_proj.weight"),
-    ("model.decoder.layers.3.self_attn.q_proj.weight", None, "model.decoder.layers.3.self_attn.q_proj.weight"),
-    ("model.decoder.layers.1.encoder_attn.out_proj.bias", None, "model.decoder.layers.1.cross_attn.o_proj.bias"),
-    ("model.decoder.layers.0.encoder_attn_layer_norm.weight", None, "model.decoder.layers.0.cross_attn_layer_norm.weight"),
-    ("model.decoder.layers.0.final_layer_norm.bias", None, "model.decoder.layers.0.final_layer_norm.bias"),
-    ("model.encoder.layers.2.fc1.weight", None, "model.encoder.layers.2.mlp.fc1.weight"),
-    ("model.decoder.layernorm.bias", None, "model.decoder.layer_norm.bias"),
+# Backbone spot checks: a ResNet tensor named the torchvision way (the reference's and timm's) and the transformers way
+# (hf_detr's and INTR's), below each layout's backbone prefix.
+BACKBONE_SPOTS = [  # (torchvision name, transformers name)
+    ("layer3.5.bn2.running_var", "encoder.stages.2.layers.5.layer.1.normalization.running_var"),
+    ("layer2.0.downsample.1.weight", "encoder.stages.1.layers.0.shortcut.normalization.weight"),
 ]
-BACKBONE_SPOTS = {
-    "hf_detr_timm": [("model.backbone.conv_encoder.model.layer3.5.bn2.running_var", None,
-                      "model.backbone.model.encoder.stages.2.layers.5.layer.1.normalization.running_var")],
-    "hf_detr": [("model.backbone.conv_encoder.model.encoder.stages.2.layers.5.layer.1.normalization.running_var", None,
-                 "model.backbone.model.encoder.stages.2.layers.5.layer.1.normalization.running_var")],
-}
+
+
+def spot_checks(layout: str) -> list[tuple[str, slice | None, str]]:
+    """(source name, rows or None, INTR name) of every spot check in `layout`."""
+    if layout in ("detr_original", "intr_reference"):
+        spots = [(reference, rows, intr) for intr, reference, rows, _ in SPOTS]
+        backbone_prefix, torchvision_names = "backbone.0.body.", True
+    else:
+        spots = [(hf, None, intr) for intr, _, _, hf in SPOTS]
+        backbone_prefix, torchvision_names = "model.backbone.conv_encoder.model.", layout == "hf_detr_timm"
+    for torchvision, transformers in BACKBONE_SPOTS:
+        source = backbone_prefix + (torchvision if torchvision_names else transformers)
+        spots.append((source, None, "model.backbone.model." + transformers))
+    return spots
 
 
 @requires_fixtures
@@ -189,8 +217,7 @@ def test_real_layout_converts_every_tensor_bit_exactly(file_stem, layout, num_la
     )
     new = {"model.class_queries.weight"} | (set() if layout == "intr_reference" else {"presence_head.weight", "presence_head.bias"})
     assert Counter(fingerprint(tensor) for name, tensor in converted.items() if name not in new) == pieces
-    spots = (REFERENCE_SPOTS if is_reference else HF_SPOTS + BACKBONE_SPOTS[layout])
-    for source_name, rows, intr_name in spots:
+    for source_name, rows, intr_name in spot_checks(layout):
         expected = source[source_name] if rows is None else source[source_name][rows]
         assert torch.equal(converted[intr_name], expected), (source_name, intr_name)
 

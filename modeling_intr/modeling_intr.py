@@ -702,12 +702,8 @@ class IntrModel(IntrPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.FloatTensor,
-        pixel_mask: torch.LongTensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> IntrModelOutput:
+    def forward(self, pixel_values: torch.FloatTensor, pixel_mask: torch.LongTensor | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> IntrModelOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):

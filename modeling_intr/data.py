@@ -18,7 +18,6 @@ class folders, image extensions and dataset columns are `image_folders`'; nothin
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
 import datasets
@@ -27,7 +26,7 @@ import PIL.Image
 import torch
 
 from .image_folders import METADATA_FILENAMES, image_column, is_image_file, label_column, list_classes
-from .image_processing_intr import get_resize_output_size, pad_images, to_rgb_array
+from .image_processing_intr import decode_image, get_resize_output_size, pad_images, to_rgb_array
 
 # Folder name in the reference layout -> split name given by `datasets`' imagefolder loader.
 FOLDER_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -117,13 +116,7 @@ def open_image(source: dict | str | Path) -> PIL.Image.Image:
             data = Path(source["path"] if isinstance(source, dict) else source).read_bytes()
         except OSError as error:
             raise ValueError(f"cannot be read ({error.strerror})") from None
-    if not data:
-        raise ValueError("the file is empty (0 bytes)")
-    try:
-        image = PIL.Image.open(BytesIO(data))
-    except PIL.UnidentifiedImageError:
-        raise ValueError("not an image file PIL can read") from None
-    return to_rgb(image)
+    return to_rgb(decode_image(data))
 
 
 def check_image_size(image: PIL.Image.Image, image_processor=None) -> None:

@@ -3,9 +3,11 @@ longer side at most 1333, by the reference size rule; scale to [0, 1]; ImageNet 
 padding with a `pixel_mask`), and `post_process_attention_maps`, the per-head class maps INTR's explanation is made of.
 
 This module owns all image handling, so training, `explain()`, the visualize command and the examples agree pixel for
-pixel: `load_image`, `to_rgb_array` (8-bit RGB, one rule per mode), `get_resize_output_size`, `pad_images`,
-`crop_to_mask` / `crop_padded_batch` (back to the real region), `resize_maps` and `per_image_class_ids`.
+pixel: `decode_image` / `load_image`, `to_rgb_array` (8-bit RGB, one rule per mode), `get_resize_output_size`,
+`pad_images`, `crop_to_mask` / `crop_padded_batch` (back to the real region), `resize_maps` and `per_image_class_ids`.
 """
+
+import io
 
 import numpy as np
 import PIL.Image
@@ -142,6 +144,18 @@ def per_image_class_ids(class_ids, logits):
     return class_ids
 
 
+def decode_image(data: bytes, name: str = "") -> PIL.Image.Image:
+    """An image file's bytes as a PIL image (not yet converted); `ValueError` when they are empty or not an image PIL
+    can read, naming the file when `name` is given."""
+    the_file = f"the file {name}".rstrip()
+    if not data:
+        raise ValueError(f"{the_file} is empty (0 bytes).")
+    try:
+        return PIL.Image.open(io.BytesIO(data))
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"{the_file} is not an image file PIL can read.") from None
+
+
 def load_image(source):
     """A path, `http(s)://` URL or base64 image data as a PIL image (not yet converted); `ValueError` naming the file
     when a path does not exist, is a folder, is empty or is not an image PIL can read."""
@@ -150,7 +164,7 @@ def load_image(source):
         return load_remote_image(text)
     try:
         with open(text, "rb") as file:
-            empty = not file.read(1)
+            data = file.read()
     except FileNotFoundError:
         missing = ValueError(f"the file {text} does not exist; check the path.")
         if len(text) <= 256:  # a path; longer strings may be raw base64 image data, which transformers also accepts
@@ -161,12 +175,7 @@ def load_image(source):
             raise missing from None
     except IsADirectoryError:
         raise ValueError(f"{text} is a folder, not an image file.") from None
-    if empty:
-        raise ValueError(f"the file {text} is empty (0 bytes).")
-    try:
-        return PIL.Image.open(text)
-    except PIL.UnidentifiedImageError:
-        raise ValueError(f"the file {text} is not an image file PIL can read.") from None
+    return decode_image(data, text)
 
 
 def _integer_levels(values, what):
@@ -415,5 +424,5 @@ class IntrImageProcessor(PilBackend):
 
 __all__ = [
     "IntrImageProcessor", "at_least_float32", "attention_to_feature_map", "crop_padded_batch", "crop_to_mask",
-    "get_resize_output_size", "load_image", "pad_images", "per_image_class_ids", "resize_maps", "to_rgb_array",
+    "decode_image", "get_resize_output_size", "load_image", "pad_images", "per_image_class_ids", "resize_maps", "to_rgb_array",
 ]

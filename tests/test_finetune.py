@@ -129,7 +129,7 @@ def test_training_reaches_far_above_chance(trained, digits_root):
     data = load_image_splits(str(digits_root), "digits", ["train", "validation"])
     assert evaluation["eval_skipped_files"] == data.skipped["validation"]
     [skipped] = evaluation["eval_skipped_files"]
-    assert skipped == "val/5/broken.png: not an image file PIL can read"  # relative to the dataset root
+    assert skipped == "val/5/broken.png: the file is not an image file PIL can read."  # relative to the dataset root
     training_results = json.loads((output_dir / "train_results.json").read_text())
     assert training_results["train_num_images"] == 800 == data.kept["train"]
     assert training_results["train_num_skipped"] == 1
@@ -411,8 +411,8 @@ def test_bad_images_are_skipped_with_names_or_refused(messy_folder):
     # "<path relative to the dataset root>: <reason>", the reason not repeating the path
     notes, *images = data.skipped["train"]
     assert notes == "train/b/notes.txt: not an image file"
-    assert sorted(images)[:2] == ["train/a/empty.jpg: the file is empty (0 bytes)",
-                                  "train/a/text.jpg: not an image file PIL can read"]
+    assert sorted(images)[:2] == ["train/a/empty.jpg: the file is empty (0 bytes).",
+                                  "train/a/text.jpg: the file is not an image file PIL can read."]
     assert re.fullmatch(r"train/a/truncated\.jpg: [^/]*[Tt]runcated[^/]*", sorted(images)[2]), sorted(images)[2]
     pixels = {Path(row["image"].filename).name: np.asarray(row["image"]) for row in train}
     assert pixels["deep.png"].max() > 0  # not read as 16-bit clipped to white or black

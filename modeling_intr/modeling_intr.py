@@ -383,16 +383,9 @@ def _additive_key_mask(feature_mask: torch.Tensor, dtype: torch.dtype) -> torch.
     return additive_mask.masked_fill(~key_mask, torch.finfo(dtype).min)
 
 
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
+                            **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Plain attention returning its weights. query [b, heads, q, dh], key/value [b, heads, k, dh], attention_mask
     additive [b, 1, 1, k]. The softmax runs in float32 for half-precision inputs and in the inputs' dtype otherwise
@@ -431,19 +424,12 @@ class IntrAttention(nn.Module):
         self.v_proj = _with_init(nn.Linear(config.d_model, config.d_model), "packed_qkv")
         self.o_proj = _with_init(nn.Linear(config.d_model, config.d_model), "xavier_zero_bias")
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        key_value_states: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, key_value_states: torch.Tensor | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states, position_embeddings [b, q, d]; key_value_states [b, k, d]; returns [b, q, d], weights."""
         query_input = hidden_states + position_embeddings
-        key_input, value_input = (
-            (query_input, hidden_states) if key_value_states is None else (key_value_states, key_value_states)
-        )
+        key_input, value_input = (query_input, hidden_states) if key_value_states is None else (key_value_states,) * 2
         heads = (self.num_heads, self.head_dim)
         query = self.q_proj(query_input).unflatten(-1, heads).transpose(1, 2)  # [b, heads, q, dh]
         key = self.k_proj(key_input).unflatten(-1, heads).transpose(1, 2)  # [b, heads, k, dh]
@@ -452,16 +438,8 @@ class IntrAttention(nn.Module):
         attention_interface: Callable = eager_attention_forward
         if not kwargs.get("output_attentions") and self.config._attn_implementation != "eager":
             attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        output, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-            **kwargs,
-        )
+        output, weights = attention_interface(self, query, key, value, attention_mask, scaling=self.scaling,
+                                              dropout=self.attention_dropout if self.training else 0.0, **kwargs)
         output = self.o_proj(output.flatten(2))  # [b, q, d]
         return output, weights
 
@@ -502,17 +480,11 @@ class IntrEncoderLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.dropout(update)
         return hidden_states if self.pre_norm else norm(hidden_states)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: torch.Tensor,
+                attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         """hidden_states, position_embeddings [b, h*w, d]; attention_mask additive [b, 1, 1, h*w] -> [b, h*w, d]."""
-        hidden_states = self.residual_block(
-            hidden_states, self.self_attn_layer_norm, self.self_attn, position_embeddings, attention_mask, **kwargs
-        )
+        hidden_states = self.residual_block(hidden_states, self.self_attn_layer_norm, self.self_attn,
+                                            position_embeddings, attention_mask, **kwargs)
         return self.residual_block(hidden_states, self.final_layer_norm, self.mlp)
 
 
@@ -528,24 +500,16 @@ class IntrDecoderLayer(IntrEncoderLayer):
         self.cross_attn = IntrAttention(config)
         self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        class_queries: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, class_queries: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         """
         hidden_states, class_queries [b, num_labels, d]; encoder_hidden_states (memory) [b, h*w, d];
         encoder_attention_mask additive [b, 1, 1, h*w] -> [b, num_labels, d].
         """
         hidden_states = self.residual_block(hidden_states, self.self_attn_layer_norm, self.self_attn, class_queries,
                                             **kwargs)
-        hidden_states = self.residual_block(
-            hidden_states, self.cross_attn_layer_norm, self.cross_attn, class_queries, encoder_attention_mask,
-            key_value_states=encoder_hidden_states, **kwargs,
-        )
+        hidden_states = self.residual_block(hidden_states, self.cross_attn_layer_norm, self.cross_attn, class_queries,
+                                            encoder_attention_mask, key_value_states=encoder_hidden_states, **kwargs)
         return self.residual_block(hidden_states, self.final_layer_norm, self.mlp)
 
 
@@ -561,11 +525,9 @@ class IntrPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained`; the folder's `auto_map` names both model classes of the bundle."""
-        self.config.auto_map = {
-            **(getattr(self.config, "auto_map", None) or {}),
-            "AutoModel": "modeling_intr.IntrModel",
-            "AutoModelForImageClassification": "modeling_intr.IntrForImageClassification",
-        }
+        bundle = {"AutoModel": "modeling_intr.IntrModel",
+                  "AutoModelForImageClassification": "modeling_intr.IntrForImageClassification"}
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **bundle}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, *args, **kwargs) -> str:
@@ -574,21 +536,16 @@ class IntrPreTrainedModel(PreTrainedModel):
         return attn_implementation or "sdpa"
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
-        """
-        Switch the transformer's attention between "eager" and "sdpa" (any other is a ValueError). The convolutional
-        backbone has no attention (transformers' generic version would refuse "sdpa" for it).
-        """
+        """Switch the transformer between "eager" and "sdpa" (others: ValueError; the backbone has no attention)."""
         IntrConfig.check_attention_implementation(attn_implementation)
         self.config._attn_implementation_internal = attn_implementation
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """
-        The reference initialisation: Xavier-uniform transformer matrices (q/k/v over the reference's packed
-        projection, zero bias), the presence head Xavier-uniform with zero bias, N(0, 1) class queries, U(0, 1)
-        learned position tables, PyTorch's defaults for the feed-forward biases and the input projection.
-        transformers initialises leaf modules one by one, so each leaf carries its scheme in `init_scheme` (see
-        `_with_init`).
+        The reference initialisation, per leaf module from its `init_scheme` (see `_with_init`): Xavier-uniform
+        matrices (q/k/v over the reference's packed projection), zero attention and presence-head biases, N(0, 1) class
+        queries, U(0, 1) learned position tables, PyTorch's defaults for the other biases and the input projection.
         """
         scheme = getattr(module, "init_scheme", None)
         if scheme == "packed_qkv":
@@ -629,13 +586,8 @@ class IntrEncoder(IntrPreTrainedModel):
         self.post_init()
 
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        position_embeddings: torch.Tensor,
-        attention_mask: torch.Tensor,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutput:
+    def forward(self, inputs_embeds: torch.Tensor, position_embeddings: torch.Tensor, attention_mask: torch.Tensor,
+                **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
         """inputs_embeds (projected features), position_embeddings [b, h*w, d]; additive mask [b, 1, 1, h*w]."""
         hidden_states = inputs_embeds
         for layer in self.layers:
@@ -653,12 +605,8 @@ class IntrDecoder(IntrPreTrainedModel):
     """
 
     _can_record_outputs = {
-        "hidden_states": OutputRecorder(
-            nn.LayerNorm,
-            layer_name="layer_norm",
-            capture_initial_hidden_state=False,
-            num_hidden_layers_key="decoder_layers",
-        ),
+        "hidden_states": OutputRecorder(nn.LayerNorm, layer_name="layer_norm", capture_initial_hidden_state=False,
+                                        num_hidden_layers_key="decoder_layers"),
         "attentions": OutputRecorder(IntrAttention, index=1, layer_name="self_attn"),
         "cross_attentions": OutputRecorder(IntrAttention, index=1, layer_name="cross_attn"),
     }
@@ -670,13 +618,9 @@ class IntrDecoder(IntrPreTrainedModel):
         self.post_init()
 
     @capture_outputs
-    def forward(
-        self,
-        class_queries: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithCrossAttentions:
+    def forward(self, class_queries: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_attention_mask: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+                ) -> BaseModelOutputWithCrossAttentions:
         """class_queries [b, num_labels, d]; encoder_hidden_states [b, h*w, d]; mask additive [b, 1, 1, h*w]."""
         hidden_states = torch.zeros_like(class_queries)
         for layer in self.layers:
@@ -738,27 +682,21 @@ class IntrModel(IntrPreTrainedModel):
         """pixel_values in the model's dtype and a pixel mask; a clear ValueError for inputs the model cannot use."""
         num_channels = self.config.backbone_config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
-            raise ValueError(
-                f"pixel_values must have shape [batch, {num_channels}, height, width], got "
-                f"{tuple(pixel_values.shape)}: prepare images with IntrImageProcessor (it converts them to RGB and "
-                "batches them)."
-            )
+            raise ValueError(f"pixel_values must have shape [batch, {num_channels}, height, width], got "
+                             f"{tuple(pixel_values.shape)}: prepare images with IntrImageProcessor (it converts them "
+                             "to RGB and batches them).")
         pixel_values = pixel_values.to(self.input_projection.weight.dtype)  # as ViT: a bf16 model takes float32 input
         batch_size, _, height, width = pixel_values.shape
         if pixel_mask is None:
             return pixel_values, torch.ones(batch_size, height, width, dtype=torch.long, device=pixel_values.device)
         if tuple(pixel_mask.shape) != (batch_size, height, width):
-            raise ValueError(
-                f"pixel_mask must have shape [batch, height, width] = {(batch_size, height, width)} to match "
-                f"pixel_values, got {tuple(pixel_mask.shape)}."
-            )
+            raise ValueError(f"pixel_mask must have shape [batch, height, width] = {(batch_size, height, width)} to "
+                             f"match pixel_values, got {tuple(pixel_mask.shape)}.")
         empty = (~pixel_mask.bool().flatten(1).any(1)).nonzero().flatten().tolist()
         if empty:
-            raise ValueError(
-                f"pixel_mask marks no real pixel for image(s) {empty} of the batch (index from 0): an all-padding "
-                "image cannot be classified. Pass a mask with 1 on each image's real pixels, as IntrImageProcessor "
-                "does."
-            )
+            raise ValueError(f"pixel_mask marks no real pixel for image(s) {empty} of the batch (index from 0): an "
+                             "all-padding image cannot be classified. Pass a mask with 1 on each image's real pixels, "
+                             "as IntrImageProcessor does.")
         return pixel_values, pixel_mask
 
 
@@ -773,13 +711,9 @@ class IntrForImageClassification(IntrPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.FloatTensor,
-        pixel_mask: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> IntrImageClassifierOutput:
+    def forward(self, pixel_values: torch.FloatTensor, pixel_mask: torch.LongTensor | None = None,
+                labels: torch.LongTensor | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> IntrImageClassifierOutput:
         r"""
         Args:
             pixel_values, pixel_mask: as in [`IntrModel.forward`].
@@ -798,4 +732,6 @@ class IntrForImageClassification(IntrPreTrainedModel):
         return IntrImageClassifierOutput(loss=loss, logits=logits, **outputs)
 
 
-__all__ = ["IntrModel", "IntrForImageClassification", "IntrPreTrainedModel", "IntrModelOutput", "IntrImageClassifierOutput"]
+__all__ = [
+    "IntrModel", "IntrForImageClassification", "IntrPreTrainedModel", "IntrModelOutput", "IntrImageClassifierOutput",
+]

@@ -119,7 +119,7 @@ def matmul_peak(dtype: torch.dtype, device: str, repeats: int, size: int = 4096)
 
 
 def peak_memory_gib(name: str, device: str) -> float:
-    """Peak RSS of a fresh process that builds the model and runs one float32 batch-1 forward in `name`."""
+    """Peak RSS (CPU) or allocated GPU memory of a fresh process that runs one float32 batch-1 forward in `name`."""
     code = (f"import sys; sys.argv = ['x', '--memory_probe', {name!r}, '--device', {device!r}]; "
             f"sys.path.insert(0, {str(REPO)!r}); import benchmarks.bench_forward as b; b.main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -190,8 +190,11 @@ def main():
     if args.memory_probe:
         with configuration(args.memory_probe), torch.no_grad():
             model(*single)
-        scale = 2**20 if sys.platform != "darwin" else 2**30  # ru_maxrss: KiB on Linux, bytes on macOS
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale)
+        if args.device == "cuda":
+            print(torch.cuda.max_memory_allocated() / 2**30)
+        else:
+            scale = 2**20 if sys.platform != "darwin" else 2**30  # ru_maxrss: KiB on Linux, bytes on macOS
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale)
         return
     batch = padded_batch(PADDED_SIZES, args.device)
     flops = {}
@@ -256,10 +259,10 @@ def main():
 
     transformer_part(model, args.device, args.repeats)
 
-    if args.device == "cpu":
-        memory = {name: peak_memory_gib(name, args.device) for name in ("today", "ours")}
-        print("peak RSS, float32 batch-1 forward in a fresh process: "
-              + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.items()))
+    memory = {name: peak_memory_gib(name, args.device) for name in ("today", "ours")}
+    print(("peak RSS" if args.device == "cpu" else "peak GPU memory (max_memory_allocated)")
+          + ", float32 batch-1 forward in a fresh process: "
+          + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.items()))
 
     if args.compile:
         compiled = torch.compile(plain_model)

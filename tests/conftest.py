@@ -11,7 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"  # ../shared/fixtures: outputs of the authors' reference code
+# ../shared/fixtures: outputs of the authors' reference code (INTR_FIXTURES names another copy, e.g. on a GPU machine)
+FIXTURES = Path(os.environ.get("INTR_FIXTURES") or REPO.parent / "shared" / "fixtures")
+# Where the reference-parity tests run the model: the CPU, or INTR_TEST_DEVICE=cuda on a GPU machine. There TF32 is
+# switched off (PyTorch's default lets cuDNN convolutions round inputs to TF32), so float32 means float32.
+TEST_DEVICE = os.environ.get("INTR_TEST_DEVICE", "cpu")
+if TEST_DEVICE.startswith("cuda"):
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 requires_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES} (absent from a fresh clone)"
 )
@@ -43,7 +51,7 @@ def assert_matches_truth(actual, truth, name: str = "output") -> None:
     import torch
 
     tolerance = FLOAT64_TOLERANCE if actual.dtype == torch.float64 else float32_tolerance(truth)
-    difference = float((actual.double() - truth.double()).abs().max())
+    difference = float((actual.detach().cpu().double() - truth.double()).abs().max())
     test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0].split("::")[-1]
     worst = MEASURED_DIFFERENCES.get((test, actual.dtype))
     if worst is None or difference / tolerance > worst[0] / worst[1]:
@@ -57,9 +65,10 @@ def pytest_terminal_summary(terminalreporter):
         return
     import torch
 
-    terminalreporter.section(
-        f"distance from the float64 reference (CPU capability {torch.backends.cpu.get_cpu_capability()})"
-    )
+    where = f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    if TEST_DEVICE != "cpu":
+        where = f"{TEST_DEVICE}: {torch.cuda.get_device_name()}"
+    terminalreporter.section(f"distance from the float64 reference ({where})")
     for (test, dtype), (difference, tolerance, name) in sorted(MEASURED_DIFFERENCES.items(), key=str):
         dtype = str(dtype).replace("torch.", "")
         terminalreporter.write_line(f"{difference:9.2e} <= {tolerance:8.2e}  {dtype:8s} {test}: {name}")

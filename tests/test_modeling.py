@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from conftest import REPO, FLOAT64_TOLERANCE, assert_matches_truth, reference_fixture, requires_fixtures, tiny_config
+from conftest import (
+    REPO, FLOAT64_TOLERANCE, TEST_DEVICE, assert_matches_truth, reference_fixture, requires_fixtures, tiny_config,
+)
 from modeling_intr import (
     CheckpointError,
     IntrConfig,
@@ -55,11 +57,11 @@ def fixture(request):
 
 
 def run_reference_inputs(fixture, dtype, attn_implementation, **kwargs):
-    model = fixture["model"].to(dtype)
+    model = fixture["model"].to(TEST_DEVICE, dtype)
     model.set_attn_implementation(attn_implementation)
     truth = fixture["truth"]
     with torch.no_grad():
-        return model(truth["pixel_values"].to(dtype), truth["pixel_mask"], **kwargs)
+        return model(truth["pixel_values"].to(TEST_DEVICE, dtype), truth["pixel_mask"].to(TEST_DEVICE), **kwargs)
 
 
 @requires_fixtures

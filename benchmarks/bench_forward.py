@@ -140,7 +140,7 @@ def transformer_part(model, device: str, repeats: int) -> None:
         return intr.decoder(class_queries, memory.last_hidden_state, attention_mask,
                             output_attentions=output_attentions).last_hidden_state
 
-    references = {need_weights: ReferenceTransformer(intr, need_weights).eval() for need_weights in (True, False)}
+    references = {need: ReferenceTransformer(intr, need).eval().to(device) for need in (True, False)}  # need_weights
     runs = {
         "reference (DETR layers: nn.MultiheadAttention, default need_weights=True, cross-attention twice)":
             lambda: references[True](features, position_embeddings, feature_mask, class_queries),

@@ -109,7 +109,8 @@ def run_setting(work: Path, processes: int, fixed_size: int | None, bf16: bool, 
         accelerate = Path(sys.executable).parent / "accelerate"
         command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
                    "--mixed_precision", "bf16" if bf16 else "no", "--dynamo_backend", "no", *script]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # keep the caller's path
+    env = {**os.environ, "PYTHONPATH": python_path, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if options.device == "cpu" and processes > 1:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or processes) // processes))
     result = subprocess.run(command, env=env, capture_output=True, text=True)

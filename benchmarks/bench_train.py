@@ -10,7 +10,7 @@ Settings: 448x448 fixed size vs the reference multi-scale augmentation (shorter 
 autocast (`--bf16`), 1 process vs 2 data-parallel processes (`accelerate launch --multi_gpu --num_processes 2`, gloo
 on CPU, one thread each), and the backbone before issue 11 ("today": frozen BatchNorm as its own pass over the
 activations, NCHW; `benchmarks/unfolded_backbone.py`, and transformers' own default optimizer instead of the recipe's
-pinned fused AdamW: `TODAY_FINETUNE_ARGS`) vs as shipped ("ours"). On CPU use few steps: a ResNet-50 step takes
+pinned fused AdamW: `today_finetune_args`) vs as shipped ("ours"). On CPU use few steps: a ResNet-50 step takes
 seconds there. Every setting runs in its own process, so settings do not share a warm state; under a varying
 machine load run `--rounds 2` or more (settings interleaved, best of the rounds per setting).
 
@@ -144,7 +144,7 @@ def worker(args: argparse.Namespace) -> None:
         run_finetune.main(argv, callbacks=[timer])
     step_time = float(np.mean(timer.times[args.warmup_steps:]))
     timed = timer.phases[args.warmup_steps:]
-    phases = {name: float(np.mean([p[name] for p in timed])) for name in PHASES}
+    phases = {name: float(np.nanmean([p[name] for p in timed])) for name in PHASES}  # data: none before step 1
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.device == "cpu":
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB

@@ -9,8 +9,9 @@ accelerate), and a callback times each optimizer step; the first `--warmup_steps
 Settings: 448x448 fixed size vs the reference multi-scale augmentation (shorter side 480..800), float32 vs bfloat16
 autocast (`--bf16`), 1 process vs 2 data-parallel processes (`accelerate launch --multi_gpu --num_processes 2`, gloo
 on CPU, one thread each), and the backbone before issue 11 ("today": frozen BatchNorm as its own pass over the
-activations, NCHW; `benchmarks/unfolded_backbone.py`) vs as shipped ("ours"). On CPU use few steps: a ResNet-50 step
-takes seconds there. Every setting runs in its own process, so settings do not share a warm state; under a varying
+activations, NCHW; `benchmarks/unfolded_backbone.py`, and transformers' own default optimizer instead of the recipe's
+pinned fused AdamW: `today_finetune_args`) vs as shipped ("ours"). On CPU use few steps: a ResNet-50 step takes
+seconds there. Every setting runs in its own process, so settings do not share a warm state; under a varying
 machine load run `--rounds 2` or more (settings interleaved, best of the rounds per setting).
 
     python benchmarks/bench_train.py                       # CPU, the full table
@@ -19,6 +20,13 @@ machine load run `--rounds 2` or more (settings interleaved, best of the rounds 
 
 Images/s = global batch (per-device batch x processes) / mean step time. Peak memory: the largest peak RSS of the
 processes on CPU, the largest `torch.cuda.max_memory_allocated` on GPU.
+
+A second table splits the step (mean seconds, the slowest process): backbone forward, transformer forward (input
+projection, encoder, decoder, presence head, loss), transformer backward, backbone backward (on several processes it
+ends with the wait for the last gradient all-reduce), gradient clipping, optimizer (AdamW step, scheduler, zero_grad),
+and, outside the timed step, the data (the next batch's decoding, augmentation and collation; `--dataloader_num_workers`
+0). The boundaries are hooks on the backbone's output and the Trainer's `_clip_grad_norm`; on GPU the phases are
+host-side times (kernels run asynchronously) and only their sum is exact.
 """
 
 import argparse
@@ -55,6 +63,19 @@ def write_reference_config(path: Path) -> None:
     IntrConfig(num_labels=200).to_json_file(path)  # ResNet-50, 256-d, 6 + 6 layers: the reference defaults
 
 
+PHASES = ("backbone fwd", "transformer fwd", "transformer bwd", "backbone bwd", "clip", "optimizer", "data")
+
+
+def today_finetune_args() -> list[str]:
+    """
+    The training options of the code before issue 11 where `run_finetune.py` now sets its own: the optimizer was
+    transformers' default (`adamw_torch_fused` with torch >= 2.8, the for-loop `adamw_torch` on CPU before).
+    """
+    from transformers import TrainingArguments
+
+    return ["--optim", str(TrainingArguments.__dataclass_fields__["optim"].default)]
+
+
 def worker(args: argparse.Namespace) -> None:
     """One setting, in this process (launched alone or by `accelerate launch`): time the steps, print a JSON line."""
     import torch
@@ -64,16 +85,48 @@ def worker(args: argparse.Namespace) -> None:
     from benchmarks.unfolded_backbone import unfolded_backbone
 
     class StepTimer(TrainerCallback):
+        """Each optimizer step's wall time and its phases (see the module docstring)."""
+
         def __init__(self):
-            self.times = []
+            self.times, self.phases, self.marks, self.last_end = [], [], {}, None
+
+        def mark(self, name):
+            self.marks[name] = time.perf_counter()
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            def backbone_done(module, inputs, outputs):
+                self.mark("backbone_fwd")
+                if outputs[0].requires_grad:
+                    outputs[0].register_hook(lambda grad: self.mark("backbone_bwd"))
+
+            model.model.backbone.register_forward_hook(backbone_done)
+            model.register_forward_hook(lambda module, inputs, outputs: self.mark("forward"))
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            self.marks = {"start": time.perf_counter()}
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
+            end = time.perf_counter()
+            self.times.append(end - self.marks["start"])
+            m = self.marks
+            self.phases.append({
+                "backbone fwd": m["backbone_fwd"] - m["start"], "transformer fwd": m["forward"] - m["backbone_fwd"],
+                "transformer bwd": m["backbone_bwd"] - m["forward"], "backbone bwd": m["clip"] - m["backbone_bwd"],
+                "clip": m["clipped"] - m["clip"], "optimizer": end - m["clipped"],
+                "data": m["start"] - self.last_end if self.last_end is not None else float("nan"),
+            })
+            self.last_end = end
 
     timer = StepTimer()
+    clip_grad_norm = run_finetune.IntrTrainer._clip_grad_norm
+
+    def timed_clip_grad_norm(trainer, model):
+        timer.mark("clip")
+        norm = clip_grad_norm(trainer, model)
+        timer.mark("clipped")
+        return norm
+
+    run_finetune.IntrTrainer._clip_grad_norm = timed_clip_grad_norm
     argv = ["--config_name", str(args.work / "config.json"), "--dataset_path", str(args.work),
             "--dataset_name", "bench", "--output_dir", str(args.work / "out"), "--overwrite_output_dir", "--do_train",
             "--max_steps", str(args.warmup_steps + args.steps), "--per_device_train_batch_size", str(args.batch_size),
@@ -85,16 +138,21 @@ def worker(args: argparse.Namespace) -> None:
         argv += ["--bf16"]
     if args.device == "cpu":
         argv += ["--use_cpu"]
+    if args.backbone == "today":
+        argv += today_finetune_args()
     with unfolded_backbone() if args.backbone == "today" else contextlib.nullcontext():
         run_finetune.main(argv, callbacks=[timer])
     step_time = float(np.mean(timer.times[args.warmup_steps:]))
+    timed = timer.phases[args.warmup_steps:]
+    phases = {name: float(np.nanmean([p[name] for p in timed])) for name in PHASES}  # data: none before step 1
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.device == "cpu":
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     else:
         peak = torch.cuda.max_memory_allocated() / 2**30
+    # every process prints: the table keeps the largest peak and the slowest process's times
     print("RESULT " + json.dumps({"step_s": step_time, "images_per_s": args.batch_size * world_size / step_time,
-                                  "peak_gib": peak}), flush=True)  # every process: the table keeps the largest peak
+                                  "peak_gib": peak, "phases": phases}), flush=True)
 
 
 def run_setting(work: Path, processes: int, fixed_size: int | None, bf16: bool, backbone: str,
@@ -169,6 +227,14 @@ def main():
         speed_up = f"{today['step_s'] / result['step_s']:.2f}x" if today else "-"
         print(f"| {processes} | {'448 fixed' if fixed_size else 'multi-scale'} | {precision} | {backbone} | "
               f"{result['step_s']:.2f} | {result['images_per_s']:.2f} | {result['peak_gib']:.2f} | {speed_up} |")
+    print("\nWhere the step goes (s, mean of the timed steps of the run above; data: outside the timed step):\n")
+    print("| processes | input | precision | backbone | " + " | ".join(PHASES) + " |")
+    print("|---|---|---|---|" + "---|" * len(PHASES))
+    for setting in settings:
+        processes, fixed_size, precision, backbone = setting
+        phases = best[setting]["phases"]
+        print(f"| {processes} | {'448 fixed' if fixed_size else 'multi-scale'} | {precision} | {backbone} | "
+              + " | ".join(f"{phases[name]:.3f}" for name in PHASES) + " |")
 
 
 if __name__ == "__main__":

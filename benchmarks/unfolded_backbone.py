@@ -1,10 +1,12 @@
-"""The backbone as it ran before the fold ("today" in the benchmarks), rebuilt on a current model for A/B runs.
+"""The model as it ran before issue 11 ("today" in the benchmarks), rebuilt on a current model for A/B runs.
 
-Per choice of `modeling_intr`'s backbone, a switch that undoes it, so every before/after ratio comes from one process:
+Per choice of issue 11 (the backbone's fold and layout, the training dropout), a switch that undoes it, so every before/after ratio comes from one process:
 
 - `fold=False`: conv -> frozen BatchNorm as its own element-wise pass (x * scale + shift) -> out-of-place ReLU, and
   the residual block's `+=` then out-of-place ReLU (transformers' ResNetConvLayer / ResNetBottleNeckLayer code);
-- `channels_last=False`: NCHW in float32 as before (channels-last only under autocast).
+- `channels_last=False`: NCHW in float32 as before (channels-last only under autocast);
+- `fast_dropout=False`: torch's dropout everywhere, and sdpa's own dropout in the attention (in training on the CPU
+  the model now runs eager attention with its faster mask, `modeling_intr.modeling_intr._dropout`).
 
 `unfolded_backbone()` with every switch off is the code before issue 11: the reference-equivalent baseline.
 """
@@ -25,6 +27,14 @@ def _unfolded_forward(self, hidden_states, residual=None):
     return self.activation(hidden_states)
 
 
+def _torch_dropout(hidden_states, p, training):
+    return nn.functional.dropout(hidden_states, p, training)
+
+
+def _eager_only_when_asked(self, query, output_attentions):
+    return bool(output_attentions) or self.config._attn_implementation == "eager"
+
+
 def _channels_last_under_autocast_only(pixel_values):
     import torch
 
@@ -32,13 +42,15 @@ def _channels_last_under_autocast_only(pixel_values):
 
 
 @contextlib.contextmanager
-def unfolded_backbone(fold: bool = False, channels_last: bool = False):
-    """Within the block, every `IntrConvEncoder` runs with the choices switched off that are False here."""
+def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_dropout: bool = False):
+    """Within the block, every INTR model runs with the choices switched off that are False here."""
     patches = []
     if not fold:
         patches.append((modeling.IntrConvNormActivation, "forward", _unfolded_forward))
     if not channels_last:
         patches.append((modeling.IntrConvEncoder, "runs_channels_last", staticmethod(_channels_last_under_autocast_only)))
+    if not fast_dropout:
+        patches += [(modeling, "_dropout", _torch_dropout), (modeling.IntrAttention, "runs_eager", _eager_only_when_asked)]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
     try:
         for owner, name, value in patches:

@@ -340,6 +340,41 @@ def test_logit_c_is_the_presence_head_on_slot_c_alone_and_later_layers_let_slots
 # ------------------------------------------------------------------------------------------ training behaviour
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation(p):
+    from modeling_intr.modeling_intr import _dropout
+
+    hidden_states = torch.rand(1_000_000, dtype=torch.float64) + 1  # no zeros of its own
+    torch.manual_seed(0)
+    dropped = _dropout(hidden_states, p, training=True)
+    torch.manual_seed(0)
+    assert torch.equal(dropped, _dropout(hidden_states, p, training=True))  # torch.manual_seed makes it reproducible
+    kept = dropped != 0
+    binomial_sigma = math.sqrt(p * (1 - p) / hidden_states.numel())
+    assert abs((1 - kept.double().mean()) - p) < 5 * binomial_sigma
+    scale = 65536 / (65536 - round(p * 65536))  # 1 / (1 - p), with p rounded to 1/65536
+    torch.testing.assert_close(dropped[kept], hidden_states[kept] * scale, rtol=1e-15, atol=0)
+    assert torch.equal(_dropout(hidden_states, p, training=False), hidden_states)
+
+    leaf = hidden_states[:1000].clone().requires_grad_()
+    torch.manual_seed(1)
+    _dropout(leaf, p, training=True).sum().backward()
+    torch.manual_seed(1)
+    mask = _dropout(torch.ones(1000, dtype=torch.float64), p, training=True)
+    assert torch.equal(leaf.grad, mask)  # the gradient is the scaled mask the forward applied
+
+
+def test_attention_dropout_in_cpu_training_runs_eager_with_the_faster_mask():
+    model = tiny_model(attention_dropout=0.1)  # sdpa by default
+    attention = model.model.encoder.layers[0].self_attn
+    query = torch.zeros(1, 4, 3, 8)
+    assert not attention.runs_eager(query, output_attentions=False)  # eval: sdpa
+    model.train()
+    assert attention.runs_eager(query, output_attentions=False)  # CPU training with attention dropout: eager
+    model.config.attention_dropout = attention.attention_dropout = 0.0
+    assert not attention.runs_eager(query, output_attentions=False)
+
+
 def test_cross_entropy_loss_matches_manual():
     model = tiny_model()
     pixel_values, _ = padded_batch([(64, 64), (64, 64)])

@@ -1,6 +1,7 @@
 """The model as it ran before issue 11 ("today" in the benchmarks), rebuilt on a current model for A/B runs.
 
-Per choice of issue 11 (the backbone's fold and layout, the training dropout), a switch that undoes it, so every before/after ratio comes from one process:
+Per choice of issue 11 (the backbone's fold and layout, the training dropout), a switch that undoes it, so every
+before/after ratio comes from one process:
 
 - `fold=False`: conv -> frozen BatchNorm as its own element-wise pass (x * scale + shift) -> out-of-place ReLU, and
   the residual block's `+=` then out-of-place ReLU (transformers' ResNetConvLayer / ResNetBottleNeckLayer code);
@@ -48,9 +49,11 @@ def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_drop
     if not fold:
         patches.append((modeling.IntrConvNormActivation, "forward", _unfolded_forward))
     if not channels_last:
-        patches.append((modeling.IntrConvEncoder, "runs_channels_last", staticmethod(_channels_last_under_autocast_only)))
+        patches.append((modeling.IntrConvEncoder, "runs_channels_last",
+                        staticmethod(_channels_last_under_autocast_only)))
     if not fast_dropout:
-        patches += [(modeling, "_dropout", _torch_dropout), (modeling.IntrAttention, "runs_eager", _eager_only_when_asked)]
+        patches += [(modeling, "_dropout", _torch_dropout),
+                    (modeling.IntrAttention, "runs_eager", _eager_only_when_asked)]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
     try:
         for owner, name, value in patches:

@@ -9,8 +9,9 @@ accelerate), and a callback times each optimizer step; the first `--warmup_steps
 Settings: 448x448 fixed size vs the reference multi-scale augmentation (shorter side 480..800), float32 vs bfloat16
 autocast (`--bf16`), 1 process vs 2 data-parallel processes (`accelerate launch --multi_gpu --num_processes 2`, gloo
 on CPU, one thread each), and the backbone before issue 11 ("today": frozen BatchNorm as its own pass over the
-activations, NCHW; `benchmarks/unfolded_backbone.py`, and transformers' own default optimizer instead of the recipe's
-pinned fused AdamW: `today_finetune_args`) vs as shipped ("ours"). On CPU use few steps: a ResNet-50 step takes
+activations, NCHW, torch's dropout and sdpa's own attention dropout; `benchmarks/unfolded_backbone.py`, and
+transformers' own default optimizer instead of the recipe's pinned fused AdamW: `today_finetune_args`) vs as shipped
+("ours"). On CPU use few steps: a ResNet-50 step takes
 seconds there. Every setting runs in its own process, so settings do not share a warm state; under a varying
 machine load run `--rounds 2` or more (settings interleaved, best of the rounds per setting).
 

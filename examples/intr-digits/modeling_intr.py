@@ -395,8 +395,9 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
     """
     if not training or p == 0 or p >= 1 or hidden_states.device.type != "cpu":
         return nn.functional.dropout(hidden_states, p, training)
-    dropped_levels = round(p * 65536)
-    words = torch.empty((hidden_states.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    dropped_levels = min(round(p * 65536), 65535)  # (p within 1/131072 of 1 still keeps 1 level in 65536)
+    words = torch.empty((hidden_states.numel() + 3) // 4, dtype=torch.int64, device=hidden_states.device)
+    words.random_(-(2**63), None)  # every bit uniform (the default range leaves the sign bit 0)
     levels = words.view(torch.int16)[: hidden_states.numel()].view(hidden_states.shape)  # uniform in [-2^15, 2^15)
     keep = levels >= dropped_levels - 32768
     return torch.where(keep, hidden_states, 0) * (65536 / (65536 - dropped_levels))

@@ -18,6 +18,7 @@ machine load run `--rounds 2` or more (settings interleaved, best of the rounds 
     python benchmarks/bench_train.py                       # CPU, the full table
     python benchmarks/bench_train.py --device cuda         # GPU (and 2 GPUs for the 2-process rows)
     python benchmarks/bench_train.py --processes 1 --rounds 2 --backbones today ours
+    python benchmarks/bench_train.py --processes 1 --precisions fp32 --inputs 448 --backbones today ours compiled
 
 Images/s = global batch (per-device batch x processes) / mean step time. Peak memory: the largest peak RSS of the
 processes on CPU, the largest `torch.cuda.max_memory_allocated` on GPU.
@@ -95,6 +96,9 @@ def worker(args: argparse.Namespace) -> None:
             self.marks[name] = time.perf_counter()
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if compiled:  # hooks inside the compiled model would break its graph: no phases
+                return
+
             def backbone_done(module, inputs, outputs):
                 self.mark("backbone_fwd")
                 if outputs[0].requires_grad:
@@ -110,6 +114,10 @@ def worker(args: argparse.Namespace) -> None:
             end = time.perf_counter()
             self.times.append(end - self.marks["start"])
             m = self.marks
+            if compiled:
+                self.phases.append(dict.fromkeys(PHASES, float("nan")))
+                self.last_end = end
+                return
             self.phases.append({
                 "backbone fwd": m["backbone_fwd"] - m["start"], "transformer fwd": m["forward"] - m["backbone_fwd"],
                 "transformer bwd": m["backbone_bwd"] - m["forward"], "backbone bwd": m["clip"] - m["backbone_bwd"],
@@ -118,6 +126,7 @@ def worker(args: argparse.Namespace) -> None:
             })
             self.last_end = end
 
+    compiled = args.backbone == "compiled"
     timer = StepTimer()
     clip_grad_norm = run_finetune.IntrTrainer._clip_grad_norm
 
@@ -141,6 +150,8 @@ def worker(args: argparse.Namespace) -> None:
         argv += ["--use_cpu"]
     if args.backbone == "today":
         argv += today_finetune_args()
+    if compiled:
+        argv += ["--torch_compile"]
     with unfolded_backbone() if args.backbone == "today" else contextlib.nullcontext():
         run_finetune.main(argv, callbacks=[timer])
     step_time = float(np.mean(timer.times[args.warmup_steps:]))
@@ -153,7 +164,7 @@ def worker(args: argparse.Namespace) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30
     # every process prints: the table keeps the largest peak and the slowest process's times
     print("RESULT " + json.dumps({"step_s": step_time, "images_per_s": args.batch_size * world_size / step_time,
-                                  "peak_gib": peak, "phases": phases}), flush=True)
+                                  "peak_gib": peak, "phases": phases, "first_step_s": timer.times[0]}), flush=True)
 
 
 def run_setting(work: Path, processes: int, fixed_size: int | None, bf16: bool, backbone: str,
@@ -187,7 +198,9 @@ def main():
     parser.add_argument("--warmup_steps", type=int, default=1, help="untimed first steps")
     parser.add_argument("--batch_size", type=int, default=2, help="per device (the reference trains with 12)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--backbones", nargs="+", default=["today", "ours"], choices=["today", "ours"])
+    parser.add_argument("--backbones", nargs="+", default=["today", "ours"], choices=["today", "ours", "compiled"],
+                        help="compiled: ours with run_finetune.py --torch_compile (its first step includes compiling)")
+    parser.add_argument("--inputs", nargs="+", default=["448", "multi-scale"], choices=["448", "multi-scale"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; each setting keeps its best")
     parser.add_argument("--backbone", default="ours", help=argparse.SUPPRESS)
@@ -201,8 +214,10 @@ def main():
 
     from benchmarks.bench_forward import hardware_line
 
+    sizes = [448 if name == "448" else None for name in args.inputs]
     settings = [(processes, fixed_size, precision, backbone) for processes in args.processes
-                for fixed_size in (448, None) for precision in args.precisions for backbone in args.backbones]
+                for fixed_size in sizes for precision in args.precisions for backbone in args.backbones
+                if not (backbone == "compiled" and fixed_size is None)]  # compiled: fixed size only (no recompiles)
     best = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -236,6 +251,9 @@ def main():
         phases = best[setting]["phases"]
         print(f"| {processes} | {'448 fixed' if fixed_size else 'multi-scale'} | {precision} | {backbone} | "
               + " | ".join(f"{phases[name]:.3f}" for name in PHASES) + " |")
+    for setting in settings:
+        if setting[3] == "compiled":
+            print(f"compiled {setting[:3]}: first step (compilation included) {best[setting]['first_step_s']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -166,8 +166,7 @@ class IntrConvNormActivation(nn.Module):
         bias = shift if self.convolution.bias is None else shift + self.convolution.bias * scale
         return weight, bias.to(weight.dtype)
 
-    def _cached_folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        sources = self._sources()
+    def _cached_folded_weight_and_bias(self, sources: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         key = tuple((t.untyped_storage().data_ptr(), t._version, t.dtype, t.device) for t in sources)
         if self._folded_cache is None or self._folded_cache[0] != key:
             # outside inference mode: the cache may later serve a forward that records autograd for its input
@@ -177,11 +176,12 @@ class IntrConvNormActivation(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """`activation(conv(hidden_states) * scale + shift [+ residual])`, `[b, in, H, W]` -> `[b, out, H', W']`."""
-        on_the_fly = torch.is_grad_enabled() and any(t.requires_grad for t in self._sources())
+        sources = self._sources()
+        on_the_fly = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         if on_the_fly or torch.compiler.is_compiling():  # (a compiled graph folds the constants on its own)
             weight, bias = self.folded_weight_and_bias()  # autograd differentiates through the fold
         else:
-            weight, bias = self._cached_folded_weight_and_bias()
+            weight, bias = self._cached_folded_weight_and_bias(sources)
         conv = self.convolution
         hidden_states = nn.functional.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation,
                                              conv.groups)

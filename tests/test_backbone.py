@@ -17,6 +17,7 @@ from modeling_intr.modeling_intr import (
     IntrConvNormActivation,
     IntrFrozenBatchNorm2d,
     IntrResNetBlock,
+    _FoldedConvolution,
 )
 from transformers import ResNetConfig
 from transformers.backbone_utils import load_backbone
@@ -252,6 +253,55 @@ def test_training_gradients_equal_the_unfolded_ones():
             assert_matches_truth(ours[name].grad, parameter.grad, name)
             checked += 1
     assert checked == sum(p.requires_grad for p in encoder.parameters()) > 0
+
+
+def test_training_keeps_no_scaled_weight_copy_for_the_backward():
+    """A trainable convolution saves its input, its weight (the parameter itself) and the [out] scale: no
+    weight-sized scaled copy stays alive from the forward to the backward."""
+    encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).train()
+    trainable = {p.data_ptr(): p for p in encoder.parameters() if p.requires_grad and p.dim() == 4}
+    weight_shapes = {p.shape for p in trainable.values()}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        output = encoder(images(dtype=torch.float32), torch.ones(2, 61, 83))[0]
+    weight_like = [t for t in saved if t.shape in weight_shapes]
+    assert len(weight_like) >= len(trainable) > 0
+    assert all(t.data_ptr() in trainable for t in weight_like), "a scaled weight copy is saved for the backward"
+    output.square().sum().backward()
+    assert all(p.grad is not None for p in trainable.values())
+
+
+@pytest.mark.parametrize("stride, dilation, groups, bias", [(1, 1, 1, False), (2, 1, 2, True), (1, 2, 1, True)])
+def test_folded_convolution_passes_gradcheck(stride, dilation, groups, bias):
+    """Gradients of conv(x, weight * scale) + bias for every input, the BatchNorm scale included (float64,
+    finite differences)."""
+    conv = nn.Conv2d(4, 6, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=bias).double()
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_(True)
+              for shape in [(2, 4, 7, 9), conv.weight.shape, (6,), (6,)]]
+    assert torch.autograd.gradcheck(lambda *tensors: _FoldedConvolution.apply(*tensors, conv), inputs)
+
+
+def test_bf16_autocast_training_computes_what_autograd_through_the_fold_computes():
+    """Under autocast the folded convolution casts as `conv2d` does: the bf16 output and the float32 weight
+    gradient are bit for bit those of `conv2d(x, weight * scale, bias)` differentiated by autograd."""
+    encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).float().train()
+    layer = encoder.model.encoder.stages[0].layers[0].layer[1]  # a trainable 3x3 convolution
+    hidden_states = torch.randn(2, layer.convolution.in_channels, 15, 21, generator=torch.Generator().manual_seed(2))
+    results = []
+    for folded in (True, False):
+        weight = layer.convolution.weight
+        scale, bias = layer.scale_and_folded_bias()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if folded:
+                output = _FoldedConvolution.apply(hidden_states, weight, scale, bias, layer.convolution)
+            else:
+                output = nn.functional.conv2d(hidden_states, weight * scale[:, None, None, None], bias, padding=1)
+        (gradient,) = torch.autograd.grad(output.float().square().sum(), weight)
+        results.append((output, gradient))
+    (output, gradient), (truth_output, truth_gradient) = results
+    assert output.dtype == torch.bfloat16 and gradient.dtype == torch.float32
+    assert torch.equal(output, truth_output) and torch.equal(gradient, truth_gradient)
 
 
 def test_training_step_changes_weights_and_the_next_eval_uses_them():

@@ -7,7 +7,9 @@ before/after ratio comes from one process:
   the residual block's `+=` then out-of-place ReLU (transformers' ResNetConvLayer / ResNetBottleNeckLayer code);
 - `channels_last=False`: NCHW in float32 as before (channels-last only under autocast);
 - `fast_dropout=False`: torch's dropout everywhere, and sdpa's own dropout in the attention (in training on the CPU
-  the model now runs eager attention with its faster mask, `modeling_intr.modeling_intr._dropout`).
+  the model now runs eager attention with its faster mask, `modeling_intr.modeling_intr._dropout`);
+- `unmasked_without_padding=False`: the additive key mask on every attention over the memory, all zeros when no
+  pixel is padded (the model now passes no mask then).
 
 `unfolded_backbone()` with every switch off is the code before issue 11: the reference-equivalent baseline.
 """
@@ -36,6 +38,13 @@ def _eager_only_when_asked(self, query, output_attentions):
     return bool(output_attentions) or self.config._attn_implementation == "eager"
 
 
+def _always_padded(checked_inputs):
+    def checked_inputs_always_padded(self, pixel_values, pixel_mask):
+        return *checked_inputs(self, pixel_values, pixel_mask)[:2], True
+
+    return checked_inputs_always_padded
+
+
 def _channels_last_under_autocast_only(pixel_values):
     import torch
 
@@ -43,7 +52,8 @@ def _channels_last_under_autocast_only(pixel_values):
 
 
 @contextlib.contextmanager
-def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_dropout: bool = False):
+def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_dropout: bool = False,
+                      unmasked_without_padding: bool = False):
     """Within the block, every INTR model runs with the choices switched off that are False here."""
     patches = []
     if not fold:
@@ -54,6 +64,8 @@ def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_drop
     if not fast_dropout:
         patches += [(modeling, "_dropout", _torch_dropout),
                     (modeling.IntrAttention, "runs_eager", _eager_only_when_asked)]
+    if not unmasked_without_padding:
+        patches.append((modeling.IntrModel, "_checked_inputs", _always_padded(modeling.IntrModel._checked_inputs)))
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
     try:
         for owner, name, value in patches:

@@ -466,9 +466,10 @@ def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
     additive [b, 1, 1, k]. The softmax runs in float32 for half-precision inputs and in the inputs' dtype otherwise
     (float64 stays float64).
     """
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [b, heads, q, k]
+    # the queries scaled, as the reference's nn.MultiheadAttention does, not the k / head_dim times larger scores
+    scores = torch.matmul(query * scaling, key.transpose(2, 3))  # [b, heads, q, k]
     if attention_mask is not None:
-        scores = scores + attention_mask
+        scores += attention_mask  # in place: the product's backward needs its inputs, not its output
     weights = nn.functional.softmax(scores, dim=-1, dtype=_accumulation_dtype(scores.dtype)).to(query.dtype)
     dropped = _dropout(weights, dropout, module.training)
     output = torch.matmul(dropped, value).transpose(1, 2).contiguous()  # [b, q, heads, dh]

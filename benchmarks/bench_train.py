@@ -28,7 +28,8 @@ projection, encoder, decoder, presence head, loss), transformer backward, backbo
 ends with the wait for the last gradient all-reduce), gradient clipping, optimizer (AdamW step, scheduler, zero_grad),
 and, outside the timed step, the data (the next batch's decoding, augmentation and collation; `--dataloader_num_workers`
 0). The boundaries are hooks on the backbone's output and the Trainer's `_clip_grad_norm`; on GPU the phases are
-host-side times (kernels run asynchronously) and only their sum is exact.
+host-side times (kernels run asynchronously) and only their sum is exact: the step starts and ends with a device
+synchronisation.
 """
 
 import argparse
@@ -108,9 +109,11 @@ def worker(args: argparse.Namespace) -> None:
             model.register_forward_hook(lambda module, inputs, outputs: self.mark("forward"))
 
         def on_step_begin(self, args, state, control, **kwargs):
+            synchronize()
             self.marks = {"start": time.perf_counter()}
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize()
             end = time.perf_counter()
             self.times.append(end - self.marks["start"])
             m = self.marks
@@ -127,6 +130,8 @@ def worker(args: argparse.Namespace) -> None:
             self.last_end = end
 
     compiled = args.backbone == "compiled"
+    # the step's kernels finish inside its time, not during the next batch's loading
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else lambda: None
     timer = StepTimer()
     clip_grad_norm = run_finetune.IntrTrainer._clip_grad_norm
 

@@ -130,9 +130,10 @@ class IntrFrozenBatchNorm2d(nn.Module):
         return hidden_states * scale[None, :, None, None] + shift[None, :, None, None]
 
 
-def _scaled_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _scaled_weight(weight: torch.Tensor, scale: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """A convolution weight `[out, in/groups, kh, kw]` times a per-output-channel `scale` `[out]`, in its dtype."""
-    return weight * scale.to(weight.dtype)[:, None, None, None]
+    scale = scale.to(weight.dtype)[:, None, None, None]
+    return weight.mul_(scale) if in_place else weight * scale
 
 
 def _convolve(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -170,8 +171,9 @@ class _FoldedConvolution(torch.autograd.Function):
         grad_weight = grad_scale = None
         if grad_folded is not None:  # d(weight * scale): per output channel
             grad_folded = grad_folded.to(weight.dtype)
-            grad_weight = _scaled_weight(grad_folded, scale) if needs_weight else None
             grad_scale = (grad_folded * weight).sum((1, 2, 3)).to(scale.dtype) if needs_scale else None
+            # in place: the convolution's weight gradient is this Function's own temporary
+            grad_weight = _scaled_weight(grad_folded, scale, in_place=True) if needs_weight else None
         return grad_input, grad_weight, grad_scale, grad_bias, None
 
 

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the scripts at the top level (run_finetune, app, the converter) and benchmarks/
 # ../shared/fixtures: outputs of the authors' reference code (INTR_FIXTURES names another copy, e.g. on a GPU machine)
 FIXTURES = Path(os.environ.get("INTR_FIXTURES") or REPO.parent / "shared" / "fixtures")
 # Where the reference-parity tests run the model: the CPU, or INTR_TEST_DEVICE=cuda on a GPU machine. There TF32 is
@@ -83,6 +84,15 @@ def reference_fixture(name: str = "official_intr_r18") -> dict:
         "io_float64": folder / "reference_io_float64.safetensors",
         "args": folder / "reference.json",
     }
+
+
+def bottleneck_backbone_config():
+    """A tiny bottleneck-block ResNet (ResNet-50's block type; depths 1, 2, 1), for tests of the backbone's blocks."""
+    from transformers import ResNetConfig
+
+    return ResNetConfig(
+        layer_type="bottleneck", depths=[1, 2, 1], hidden_sizes=[16, 32, 64], embedding_size=8, out_features=["stage3"]
+    )
 
 
 def tiny_config(**overrides):

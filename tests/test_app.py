@@ -19,11 +19,10 @@ from PIL import Image
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO))
-import app  # noqa: E402
-import gradio as gr  # noqa: E402
-from modeling_intr import explain  # noqa: E402
-from modeling_intr.localization import peak_location  # noqa: E402
+import app
+import gradio as gr
+from modeling_intr import explain
+from modeling_intr.localization import peak_location
 
 SAMPLE = REPO / "examples" / "sample_digit.png"  # a 7
 VIT = REPO / "examples" / "vit-digits"

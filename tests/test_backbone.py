@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, assert_matches_truth, tiny_config
+from conftest import REPO, assert_matches_truth, bottleneck_backbone_config, tiny_config
 from modeling_intr import IntrConfig, IntrForImageClassification
 from modeling_intr.modeling_intr import (
     IntrConvEncoder,
@@ -19,12 +19,9 @@ from modeling_intr.modeling_intr import (
     IntrResNetBlock,
     _FoldedConvolution,
 )
-from transformers import ResNetConfig
 from transformers.backbone_utils import load_backbone
 
-BOTTLENECK = ResNetConfig(
-    layer_type="bottleneck", depths=[1, 2, 1], hidden_sizes=[16, 32, 64], embedding_size=8, out_features=["stage3"]
-)
+BOTTLENECK = bottleneck_backbone_config()
 
 
 def randomize_batch_norms(module: nn.Module, seed: int = 0) -> None:

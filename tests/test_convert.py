@@ -17,7 +17,6 @@ from transformers import AutoModelForImageClassification
 
 from conftest import (
     FIXTURES,
-    REPO,
     assert_matches_truth,
     clean_subprocess_env,
     reference_fixture,
@@ -29,8 +28,7 @@ from modeling_intr.checkpoint_layouts import LAYOUTS, detect_layout, map_to_intr
 from modeling_intr.convert import convert_checkpoint, convert_to_model, expand_class_queries
 from modeling_intr.image_folders import labels_from_image_folder, read_labels_file
 
-sys.path.insert(0, str(REPO))
-from convert_detr_checkpoint import main  # noqa: E402
+from convert_detr_checkpoint import main
 
 REFERENCE = reference_fixture()  # checkpoint, io (float32 outputs), io_float64 (the truth), args
 LAYOUT_FILES = FIXTURES / "checkpoint_layouts"

@@ -21,7 +21,6 @@ from transformers import ResNetConfig
 
 from conftest import FIXTURES, REPO, clean_subprocess_env
 
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "examples"))
 
 import run_finetune  # noqa: E402

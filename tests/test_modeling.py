@@ -265,10 +265,12 @@ def test_the_key_mask_is_built_once_per_forward(monkeypatch):
     assert len(calls) == 1  # 2 encoder + 2 x 2 decoder attentions share it
 
 
-def test_a_batch_without_padding_runs_every_attention_without_a_mask(monkeypatch):
+def test_a_batch_without_padding_runs_every_attention_without_a_mask():
     """No padded pixel (no pixel_mask, or one of all ones): no additive mask reaches any attention, so sdpa can take
-    its fastest kernels, and the logits are those of the all-zero mask; one padded image brings the mask back."""
+    its fastest kernels, and the logits are those of the all-zero mask (the benchmarks' `today` switch restores it);
+    one padded image brings the mask back."""
     import modeling_intr.modeling_intr as modeling
+    from benchmarks.unfolded_backbone import unfolded_backbone
 
     model = tiny_model().double()
     masks = []
@@ -281,14 +283,11 @@ def test_a_batch_without_padding_runs_every_attention_without_a_mask(monkeypatch
     with torch.no_grad():
         unmasked = [model(pixel_values, mask).logits for mask in (None, torch.ones(2, 64, 96, dtype=torch.long))]
         assert len(masks) == 2 * 6 and all(mask is None for mask in masks)  # 2 encoder + 2 x 2 decoder attentions
-        checked_inputs = modeling.IntrModel._checked_inputs
-        monkeypatch.setattr(modeling.IntrModel, "_checked_inputs",
-                            lambda self, *args: (*checked_inputs(self, *args)[:2], True))  # "padded"
-        zero_mask = model(pixel_values).logits
+        with unfolded_backbone(fold=True, channels_last=True, fast_dropout=True):  # only the mask switched back
+            zero_mask = model(pixel_values).logits
         assert masks[-1] is not None and not masks[-1].any()
         for logits in unmasked:
             torch.testing.assert_close(logits, zero_mask, atol=1e-12, rtol=1e-12)
-        monkeypatch.undo()
         masks.clear()
         model(*padded_batch([(64, 96), (48, 40)]))
         # encoder self-attentions, then per decoder layer: self-attention (never masked), cross-attention

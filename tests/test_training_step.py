@@ -2,24 +2,14 @@
 stages, and the recipe's AdamW through the fused kernel with the for-loop AdamW's numbers (issue 11's training speed).
 """
 
-import sys
-
-import pytest
 import torch
-from transformers import ResNetConfig
 
-from conftest import REPO, tiny_config
+from conftest import bottleneck_backbone_config, tiny_config
 
-sys.path.insert(0, str(REPO))
-
-import run_finetune  # noqa: E402
-from modeling_intr import IntrForImageClassification  # noqa: E402
-from modeling_intr.data import collate_images  # noqa: E402
-from modeling_intr.training import parameter_groups  # noqa: E402
-
-BOTTLENECK = ResNetConfig(
-    layer_type="bottleneck", depths=[1, 2, 1], hidden_sizes=[16, 32, 64], embedding_size=8, out_features=["stage3"]
-)
+import run_finetune
+from modeling_intr import IntrForImageClassification
+from modeling_intr.data import collate_images
+from modeling_intr.training import parameter_groups
 
 
 def graph_nodes(loss: torch.Tensor) -> list:
@@ -39,7 +29,7 @@ def test_no_backward_runs_through_the_frozen_stages():
     convolution (stages 2.., the input projection) and none for a frozen one, so no gradient is computed there, not
     even one that is then thrown away; the first trainable convolutions get no input gradient to compute."""
     torch.manual_seed(0)
-    model = IntrForImageClassification(tiny_config(backbone_config=BOTTLENECK)).train()
+    model = IntrForImageClassification(tiny_config(backbone_config=bottleneck_backbone_config())).train()
     stage_outputs = {}
     stages = model.model.backbone.model.encoder.stages
     for index, stage in enumerate(stages):

@@ -11,9 +11,9 @@ autocast (`--bf16`), 1 process vs 2 data-parallel processes (`accelerate launch 
 on CPU, one thread each), and the backbone before issue 11 ("today": frozen BatchNorm as its own pass over the
 activations, NCHW, torch's dropout and sdpa's own attention dropout; `benchmarks/unfolded_backbone.py`, and
 transformers' own default optimizer instead of the recipe's pinned fused AdamW: `today_finetune_args`) vs as shipped
-("ours"). On CPU use few steps: a ResNet-50 step takes
-seconds there. Every setting runs in its own process, so settings do not share a warm state; under a varying
-machine load run `--rounds 2` or more (settings interleaved, best of the rounds per setting).
+("ours"). On CPU use few steps: a ResNet-50 step takes seconds there. Every setting runs in its own process, so
+settings do not share a warm state; under a varying machine load run `--rounds 2` or more (settings interleaved, best
+of the rounds per setting).
 
     python benchmarks/bench_train.py                       # CPU, the full table
     python benchmarks/bench_train.py --device cuda         # GPU (and 2 GPUs for the 2-process rows)
@@ -241,21 +241,21 @@ def main():
           f"mean of {args.steps} steps after {args.warmup_steps} warm-up, best of {args.rounds} round(s)\n")
     print(f"| processes | input | precision | backbone | s / step | images / s | {memory} | speed-up vs today |")
     print("|---|---|---|---|---|---|---|---|")
-    for setting in settings:
+    def row_start(setting) -> str:
         processes, fixed_size, precision, backbone = setting
+        return f"| {processes} | {'448 fixed' if fixed_size else 'multi-scale'} | {precision} | {backbone} | "
+
+    for setting in settings:
         result = best[setting]
-        today = best.get((processes, fixed_size, precision, "today"))
+        today = best.get((*setting[:3], "today"))
         speed_up = f"{today['step_s'] / result['step_s']:.2f}x" if today else "-"
-        print(f"| {processes} | {'448 fixed' if fixed_size else 'multi-scale'} | {precision} | {backbone} | "
-              f"{result['step_s']:.2f} | {result['images_per_s']:.2f} | {result['peak_gib']:.2f} | {speed_up} |")
+        print(row_start(setting) + f"{result['step_s']:.2f} | {result['images_per_s']:.2f} | "
+              f"{result['peak_gib']:.2f} | {speed_up} |")
     print("\nWhere the step goes (s, mean of the timed steps of the run above; data: outside the timed step):\n")
     print("| processes | input | precision | backbone | " + " | ".join(PHASES) + " |")
     print("|---|---|---|---|" + "---|" * len(PHASES))
     for setting in settings:
-        processes, fixed_size, precision, backbone = setting
-        phases = best[setting]["phases"]
-        print(f"| {processes} | {'448 fixed' if fixed_size else 'multi-scale'} | {precision} | {backbone} | "
-              + " | ".join(f"{phases[name]:.3f}" for name in PHASES) + " |")
+        print(row_start(setting) + " | ".join(f"{best[setting]['phases'][name]:.3f}" for name in PHASES) + " |")
     for setting in settings:
         if setting[3] == "compiled":
             print(f"compiled {setting[:3]}: first step (compilation included) {best[setting]['first_step_s']:.1f} s")

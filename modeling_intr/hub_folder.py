@@ -1,8 +1,9 @@
 """Writing files and model folders atomically, and uploading a folder to the Hub.
 
-A file is written to a hidden sibling and renamed over the target (`write_text_atomically`). A folder is written to a hidden sibling `.NAME.partial-PID-XXXXXXXX` and renamed into place only when complete, so a
-crash never leaves a complete-looking folder. A conversion killed outright (SIGKILL, power loss) cannot clean up its
-staging folder; the next run into the same folder removes the staging folders whose process is gone.
+A file is written to a hidden sibling and renamed over the target (`write_text_atomically`). A folder is written to a
+hidden sibling `.NAME.partial-PID-XXXXXXXX` and renamed into place only when complete, so a crash never leaves a
+complete-looking folder. A conversion killed outright (SIGKILL, power loss) cannot clean up its staging folder; the
+next run into the same folder removes the staging folders whose process is gone.
 """
 
 import os

@@ -424,5 +424,6 @@ class IntrImageProcessor(PilBackend):
 
 __all__ = [
     "IntrImageProcessor", "at_least_float32", "attention_to_feature_map", "crop_padded_batch", "crop_to_mask",
-    "decode_image", "get_resize_output_size", "load_image", "pad_images", "per_image_class_ids", "resize_maps", "to_rgb_array",
+    "decode_image", "get_resize_output_size", "load_image", "pad_images", "per_image_class_ids", "resize_maps",
+    "to_rgb_array",
 ]

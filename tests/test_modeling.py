@@ -386,8 +386,12 @@ def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation(p):
     assert torch.equal(_dropout(hidden_states, p, training=False), hidden_states)
 
     leaf = hidden_states[:1000].clone().requires_grad_()
+    saved = []
     torch.manual_seed(1)
-    _dropout(leaf, p, training=True).sum().backward()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        dropped_leaf = _dropout(leaf, p, training=True)
+    dropped_leaf.sum().backward()
+    assert [(t.dtype, t.numel()) for t in saved] == [(torch.uint8, 1000)]  # one byte per element kept for backward
     torch.manual_seed(1)
     mask = _dropout(torch.ones(1000, dtype=torch.float64), p, training=True)
     assert torch.equal(leaf.grad, mask)  # the gradient is the scaled mask the forward applied

@@ -454,8 +454,9 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
     words.random_(-(2**63), None)  # every bit uniform (the default range leaves the sign bit 0)
     levels = words.view(torch.int16)[: hidden_states.numel()].view(hidden_states.shape)  # uniform in [-2^15, 2^15)
     threshold = dropped_levels - 32768  # dropped: levels < threshold
-    keep = levels.clamp(threshold - 1, threshold).sub_(threshold - 1).to(torch.uint8)  # 0 dropped, 1 kept
-    return hidden_states * keep * (65536 / (65536 - dropped_levels))
+    keep = levels.clamp_(threshold - 1, threshold).sub_(threshold - 1).to(torch.uint8)  # 0 dropped, 1 kept
+    # scaled in place: the product's backward needs the mask, not its output
+    return (hidden_states * keep).mul_(65536 / (65536 - dropped_levels))
 
 
 class IntrDropout(nn.Dropout):

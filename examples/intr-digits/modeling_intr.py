@@ -442,15 +442,21 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
     16 bits per element from 64-bit random words of the same generator (seeded by `torch.manual_seed`): an element is
     dropped with probability p rounded to 1/65536 and the others are scaled by 1 / (1 - that p), so the expectation
     stays the input. Only the random stream differs from torch's; GPUs keep torch's fused dropout.
+
+    The mask is made and applied with vectorised kernels only: a 0/1 uint8 mask from clamping the 16-bit levels
+    (comparisons, `torch.where` and `masked_fill` on a bool mask run element by element, 4-10x slower on the CPU),
+    and it is the one tensor autograd saves for the backward (1 byte per element, where torch saves a float mask).
     """
-    if not training or p == 0 or p >= 1 or hidden_states.device.type != "cpu":
-        return nn.functional.dropout(hidden_states, p, training)
     dropped_levels = min(round(p * 65536), 65535)  # (p within 1/131072 of 1 still keeps 1 level in 65536)
+    if not training or dropped_levels == 0 or p >= 1 or hidden_states.device.type != "cpu":
+        return nn.functional.dropout(hidden_states, p, training)
     words = torch.empty((hidden_states.numel() + 3) // 4, dtype=torch.int64, device=hidden_states.device)
     words.random_(-(2**63), None)  # every bit uniform (the default range leaves the sign bit 0)
     levels = words.view(torch.int16)[: hidden_states.numel()].view(hidden_states.shape)  # uniform in [-2^15, 2^15)
-    keep = levels >= dropped_levels - 32768
-    return torch.where(keep, hidden_states, 0) * (65536 / (65536 - dropped_levels))
+    threshold = dropped_levels - 32768  # dropped: levels < threshold
+    keep = levels.clamp_(threshold - 1, threshold).sub_(threshold - 1).to(torch.uint8)  # 0 dropped, 1 kept
+    # scaled in place: the product's backward needs the mask, not its output
+    return (hidden_states * keep).mul_(65536 / (65536 - dropped_levels))
 
 
 class IntrDropout(nn.Dropout):

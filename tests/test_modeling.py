@@ -397,6 +397,16 @@ def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation(p):
     assert torch.equal(leaf.grad, mask)  # the gradient is the scaled mask the forward applied
 
 
+def test_cpu_dropout_mask_multiplies_in_chunks_like_one_product_and_its_gradient_is_the_mask():
+    from modeling_intr.modeling_intr import _MaskedScale, _times_mask
+
+    values = torch.randn(37, 50, dtype=torch.float64).t()  # not contiguous
+    keep = (torch.rand(50, 37) > 0.3).to(torch.uint8)
+    for chunk in (64, 2**18):  # many chunks with a short last one; a single chunk
+        assert torch.equal(_times_mask(values, keep, 1.25, chunk=chunk), values * keep * 1.25)
+    assert torch.autograd.gradcheck(lambda v: _MaskedScale.apply(v, keep, 1.25), (values.clone().requires_grad_(),))
+
+
 def test_attention_dropout_in_cpu_training_runs_eager_with_the_faster_mask():
     model = tiny_model(attention_dropout=0.1)  # sdpa by default
     attention = model.model.encoder.layers[0].self_attn

@@ -435,6 +435,33 @@ def _additive_key_mask(feature_mask: torch.Tensor, dtype: torch.dtype) -> torch.
     return additive_mask.masked_fill(~key_mask, torch.finfo(dtype).min)
 
 
+def _times_mask(values: torch.Tensor, keep: torch.Tensor, scale: float, chunk: int = 2**18) -> torch.Tensor:
+    """
+    `values * keep * scale` for a 0/1 uint8 `keep` of the same shape. The CPU multiplies a float by a uint8 tensor by
+    first converting the uint8 one to a float copy as large as the product; chunks of `chunk` elements keep that copy
+    and the scaling pass in cache (at multi-scale sizes an attention-weight tensor is ~200 MB).
+    """
+    values = values.contiguous()
+    product = torch.empty_like(values)
+    for value, mask, out in zip(values.view(-1).split(chunk), keep.view(-1).split(chunk), product.view(-1).split(chunk)):
+        torch.mul(value, mask, out=out).mul_(scale)
+    return product
+
+
+class _MaskedScale(torch.autograd.Function):
+    """`values * keep * scale` (dropout with a given uint8 mask) saving only the mask for the backward."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return _times_mask(values, keep, scale)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return _times_mask(grad_output, ctx.saved_tensors[0], ctx.scale), None, None
+
+
 def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """
     `nn.functional.dropout`, with a faster mask on the CPU. There ATen draws one Bernoulli per element on one thread
@@ -445,7 +472,8 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
 
     The mask is made and applied with vectorised kernels only: a 0/1 uint8 mask from clamping the 16-bit levels
     (comparisons, `torch.where` and `masked_fill` on a bool mask run element by element, 4-10x slower on the CPU),
-    and it is the one tensor autograd saves for the backward (1 byte per element, where torch saves a float mask).
+    applied by [`_MaskedScale`], which saves only that mask for the backward (1 byte per element; torch saves a float
+    mask).
     """
     dropped_levels = min(round(p * 65536), 65535)  # (p within 1/131072 of 1 still keeps 1 level in 65536)
     if not training or dropped_levels == 0 or p >= 1 or hidden_states.device.type != "cpu":
@@ -455,8 +483,7 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
     levels = words.view(torch.int16)[: hidden_states.numel()].view(hidden_states.shape)  # uniform in [-2^15, 2^15)
     threshold = dropped_levels - 32768  # dropped: levels < threshold
     keep = levels.clamp_(threshold - 1, threshold).sub_(threshold - 1).to(torch.uint8)  # 0 dropped, 1 kept
-    # scaled in place: the product's backward needs the mask, not its output
-    return (hidden_states * keep).mul_(65536 / (65536 - dropped_levels))
+    return _MaskedScale.apply(hidden_states, keep, 65536 / (65536 - dropped_levels))
 
 
 class IntrDropout(nn.Dropout):

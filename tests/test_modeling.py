@@ -404,6 +404,7 @@ def test_cpu_dropout_mask_multiplies_in_chunks_like_one_product_and_its_gradient
     keep = (torch.rand(50, 37) > 0.3).to(torch.uint8)
     for chunk in (64, 2**18):  # many chunks with a short last one; a single chunk
         assert torch.equal(_times_mask(values, keep, 1.25, chunk=chunk), values * keep * 1.25)
+        assert torch.equal(_times_mask(values, keep.t().contiguous().t(), 1.25, chunk=chunk), values * keep * 1.25)
     assert torch.autograd.gradcheck(lambda v: _MaskedScale.apply(v, keep, 1.25), (values.clone().requires_grad_(),))
 
 

@@ -443,7 +443,8 @@ def _times_mask(values: torch.Tensor, keep: torch.Tensor, scale: float, chunk: i
     """
     values = values.contiguous()
     product = torch.empty_like(values)
-    for value, mask, out in zip(values.view(-1).split(chunk), keep.view(-1).split(chunk), product.view(-1).split(chunk)):
+    for value, mask, out in zip(values.view(-1).split(chunk), keep.reshape(-1).split(chunk),
+                                product.view(-1).split(chunk)):
         torch.mul(value, mask, out=out).mul_(scale)
     return product
 
@@ -476,6 +477,7 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
     mask).
     """
     dropped_levels = min(round(p * 65536), 65535)  # (p within 1/131072 of 1 still keeps 1 level in 65536)
+    # below 1/131072, p rounds to no level at all: torch's own dropout then
     if not training or dropped_levels == 0 or p >= 1 or hidden_states.device.type != "cpu":
         return nn.functional.dropout(hidden_states, p, training)
     words = torch.empty((hidden_states.numel() + 3) // 4, dtype=torch.int64, device=hidden_states.device)

@@ -19,7 +19,6 @@ element-wise work can give.
 """
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_forward import matmul_peak  # noqa: E402
-from unfolded_backbone import unfolded_backbone  # noqa: E402
+from bench_forward import configuration, hardware_line, matmul_peak  # noqa: E402
 
 from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
 
@@ -57,7 +55,7 @@ def measure(backbone: str, batch_size: int, size: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    with unfolded_backbone() if backbone == "today" else contextlib.nullcontext():
+    with configuration(backbone):  # bench_forward's: `today` = every issue-11 choice switched off
         step()  # warm-up
         times = []
         for _ in range(steps):
@@ -88,8 +86,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps (median) before the profiled one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(hardware_line("cpu"))
     peak = matmul_peak(torch.float32, "cpu", repeats=3, size=2048) / 1e9
-    print(f"{args.threads} thread(s), batch {args.batch_size} at {args.size}x{args.size}, "
+    print(f"batch {args.batch_size} at {args.size}x{args.size}, "
           f"float32 matmul peak {peak:.0f} GFLOP/s")
     results = {backbone: measure(backbone, args.batch_size, args.size, args.steps) for backbone in ("today", "ours")}
     print("| backbone | s / step | convolution: s (share, GFLOP/s) | matmul: s (share, GFLOP/s) | other: s (share) |")

@@ -1,6 +1,7 @@
 """Shared test helpers: the reference fixtures and how to compare with them, a tiny INTR config, a clean subprocess
 environment."""
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -84,6 +85,16 @@ def reference_fixture(name: str = "official_intr_r18") -> dict:
         "io_float64": folder / "reference_io_float64.safetensors",
         "args": folder / "reference.json",
     }
+
+
+@contextlib.contextmanager
+def tensors_saved_for_backward():
+    """Within the block, every tensor autograd saves for a backward is appended to the list this yields."""
+    import torch
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor) or tensor, lambda tensor: tensor):
+        yield saved
 
 
 def bottleneck_backbone_config():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, assert_matches_truth, bottleneck_backbone_config, tiny_config
+from conftest import REPO, assert_matches_truth, bottleneck_backbone_config, tensors_saved_for_backward, tiny_config
 from modeling_intr import IntrConfig, IntrForImageClassification
 from modeling_intr.modeling_intr import (
     IntrConvEncoder,
@@ -258,8 +258,7 @@ def test_training_keeps_no_scaled_weight_copy_for_the_backward():
     encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).train()
     trainable = {p.data_ptr(): p for p in encoder.parameters() if p.requires_grad and p.dim() == 4}
     weight_shapes = {p.shape for p in trainable.values()}
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with tensors_saved_for_backward() as saved:
         output = encoder(images(dtype=torch.float32), torch.ones(2, 61, 83))[0]
     weight_like = [t for t in saved if t.shape in weight_shapes]
     assert len(weight_like) >= len(trainable) > 0

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import (
-    REPO, FLOAT64_TOLERANCE, TEST_DEVICE, assert_matches_truth, reference_fixture, requires_fixtures, tiny_config,
+    REPO, FLOAT64_TOLERANCE, TEST_DEVICE, assert_matches_truth, reference_fixture, requires_fixtures,
+    tensors_saved_for_backward, tiny_config,
 )
 from modeling_intr import (
     CheckpointError,
@@ -386,9 +387,8 @@ def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation(p):
     assert torch.equal(_dropout(hidden_states, p, training=False), hidden_states)
 
     leaf = hidden_states[:1000].clone().requires_grad_()
-    saved = []
     torch.manual_seed(1)
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with tensors_saved_for_backward() as saved:
         dropped_leaf = _dropout(leaf, p, training=True)
     dropped_leaf.sum().backward()
     assert [(t.dtype, t.numel()) for t in saved] == [(torch.uint8, 1000)]  # one byte per element kept for backward

@@ -476,9 +476,11 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
     applied by [`_MaskedScale`], which saves only that mask for the backward (1 byte per element; torch saves a float
     mask).
     """
+    if not training or p == 0:
+        return hidden_states
     dropped_levels = min(round(p * 65536), 65535)  # (p within 1/131072 of 1 still keeps 1 level in 65536)
     # below 1/131072, p rounds to no level at all: torch's own dropout then
-    if not training or dropped_levels == 0 or p >= 1 or hidden_states.device.type != "cpu":
+    if dropped_levels == 0 or p >= 1 or hidden_states.device.type != "cpu":
         return nn.functional.dropout(hidden_states, p, training)
     words = torch.empty((hidden_states.numel() + 3) // 4, dtype=torch.int64, device=hidden_states.device)
     words.random_(-(2**63), None)  # every bit uniform (the default range leaves the sign bit 0)
@@ -501,16 +503,21 @@ def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
     """
     Plain attention returning its weights. query [b, heads, q, dh], key/value [b, heads, k, dh], attention_mask
     additive [b, 1, 1, k]. The softmax runs in float32 for half-precision inputs and in the inputs' dtype otherwise
-    (float64 stays float64).
+    (float64 stays float64). Four kernels without a mask: the scaled scores (the scaling is the GEMM's alpha: no pass
+    over queries or scores), the softmax, the weighted sum, and the [b, q, heads, dh] layout o_proj reads.
     """
-    # the queries scaled, as the reference's nn.MultiheadAttention does, not the k / head_dim times larger scores
-    scores = torch.matmul(query * scaling, key.transpose(2, 3))  # [b, heads, q, k]
-    if attention_mask is not None:
-        scores += attention_mask  # in place: the product's backward needs its inputs, not its output
+    batch, heads, queries, head_dim = query.shape
+    keys = key.shape[2]
+    # [b*heads, n, dh]: views at batch 1 (the projections' [b, n, heads, dh] layout), copies otherwise
+    query, key, value = query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1)
+    # scaling * q k^T [b*heads, q, k]; beta 0: the uninitialised buffer is never read (NaNs included)
+    scores = query.new_empty(batch * heads, queries, keys).baddbmm_(query, key.transpose(1, 2), beta=0, alpha=scaling)
+    if attention_mask is not None:  # in place: the product's backward needs its inputs, not its output
+        scores.view(batch, heads, queries, keys).add_(attention_mask)
     weights = nn.functional.softmax(scores, dim=-1, dtype=_accumulation_dtype(scores.dtype)).to(query.dtype)
-    dropped = _dropout(weights, dropout, module.training)
-    output = torch.matmul(dropped, value).transpose(1, 2).contiguous()  # [b, q, heads, dh]
-    return output, weights
+    output = torch.bmm(_dropout(weights, dropout, module.training), value)  # [b*heads, q, dh]
+    output = output.view(batch, heads, queries, head_dim).transpose(1, 2).contiguous()  # [b, q, heads, dh]
+    return output, weights.view(batch, heads, queries, keys)
 
 
 class IntrAttention(nn.Module):

@@ -156,9 +156,9 @@ class _FoldedConvolution(torch.autograd.Function):
             hidden_states = hidden_states.to(torch.get_autocast_dtype(device))
         ctx.save_for_backward(hidden_states, weight, scale)
         ctx.conv = conv
-        with torch.autocast(device, enabled=False):
-            dtype = hidden_states.dtype
-            return _convolve(hidden_states, _scaled_weight(weight, scale).to(dtype), bias.to(dtype), conv)
+        # every operand in the input's dtype already: autocast, still on here, has nothing left to cast
+        dtype = hidden_states.dtype
+        return _convolve(hidden_states, _scaled_weight(weight, scale).to(dtype), bias.to(dtype), conv)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -190,7 +190,8 @@ class IntrConvNormActivation(nn.Module):
     computed once and cached under a key of the source tensors' storage, version counter, dtype and device:
     `load_state_dict`, `.to(...)` and in-place edits all change it, so the cache is never stale. Where a gradient can
     reach them (training an unfrozen stage) the weight is scaled on the fly by [`_FoldedConvolution`], which keeps
-    no scaled copy for the backward.
+    no scaled copy for the backward; the scale and bias, made of buffers, are cached the same way (on a GPU the
+    training step is bound by the host's per-op work, and they are 5 small kernels per convolution).
     """
 
     def __init__(self, convolution: nn.Conv2d, normalization: IntrFrozenBatchNorm2d, activation: nn.Module | None):
@@ -200,7 +201,7 @@ class IntrConvNormActivation(nn.Module):
         if isinstance(activation, nn.ReLU):
             activation = nn.ReLU(inplace=True)  # it only ever sees this layer's fresh output
         self.activation = activation if activation is not None else nn.Identity()
-        self._folded_cache = None  # (key, weight, bias)
+        self._cache = None  # (key, tensors)
 
     def _sources(self) -> list[torch.Tensor]:
         norm = self.normalization
@@ -218,23 +219,27 @@ class IntrConvNormActivation(nn.Module):
         scale, bias = self.scale_and_folded_bias()
         return _scaled_weight(self.convolution.weight, scale), bias
 
-    def _cached_folded_weight_and_bias(self, sources: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple((t.untyped_storage().data_ptr(), t._version, t.dtype, t.device) for t in sources)
-        if self._folded_cache is None or self._folded_cache[0] != key:
+    def _cached(self, sources: list[torch.Tensor], compute) -> tuple[torch.Tensor, torch.Tensor]:
+        """`compute()`, computed again only when one of `sources` changed (one entry: the last computation)."""
+        key = (compute.__name__, *((t.untyped_storage().data_ptr(), t._version, t.dtype, t.device) for t in sources))
+        if self._cache is None or self._cache[0] != key:
             # outside inference mode: the cache may later serve a forward that records autograd for its input
             with torch.inference_mode(False), torch.no_grad():
-                self._folded_cache = (key, *self.folded_weight_and_bias())
-        return self._folded_cache[1:]
+                self._cache = (key, compute())
+        return self._cache[1]
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """`activation(conv(hidden_states) * scale + shift [+ residual])`, `[b, in, H, W]` -> `[b, out, H', W']`."""
         sources, conv = self._sources(), self.convolution
-        compiling = torch.compiler.is_compiling()  # the graph folds, and in training recomputes the fold, itself
-        if torch.is_grad_enabled() and any(t.requires_grad for t in sources) and not compiling:
-            hidden_states = _FoldedConvolution.apply(hidden_states, conv.weight, *self.scale_and_folded_bias(), conv)
+        if torch.compiler.is_compiling():  # the graph folds, and in training recomputes the fold, itself
+            hidden_states = _convolve(hidden_states, *self.folded_weight_and_bias(), conv)
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+            affine_sources = sources[1:]  # the BatchNorm's buffers (and a convolution bias)
+            scale, bias = (self.scale_and_folded_bias() if any(t.requires_grad for t in affine_sources)
+                           else self._cached(affine_sources, self.scale_and_folded_bias))
+            hidden_states = _FoldedConvolution.apply(hidden_states, conv.weight, scale, bias, conv)
         else:
-            weight, bias = self.folded_weight_and_bias() if compiling else self._cached_folded_weight_and_bias(sources)
-            hidden_states = _convolve(hidden_states, weight, bias, conv)
+            hidden_states = _convolve(hidden_states, *self._cached(sources, self.folded_weight_and_bias), conv)
         if residual is not None:
             hidden_states += residual  # in place: the convolution's backward does not need its output
         return self.activation(hidden_states)

@@ -209,7 +209,7 @@ def test_cache_is_not_saved_and_deep_copies_stay_independent():
     encoder = backbone().double()
     pixel_values = images()
     features(encoder, pixel_values)
-    assert all("_folded" not in name for name in encoder.state_dict())
+    assert all("cache" not in name for name in encoder.state_dict())
     twin = copy.deepcopy(encoder)
     with torch.no_grad():
         twin.model.embedder.embedder.convolution.weight.mul_(-1)
@@ -265,6 +265,38 @@ def test_training_keeps_no_scaled_weight_copy_for_the_backward():
     assert all(t.data_ptr() in trainable for t in weight_like), "a scaled weight copy is saved for the backward"
     output.square().sum().backward()
     assert all(p.grad is not None for p in trainable.values())
+
+
+def test_training_follows_batch_norm_edits_between_steps():
+    """In training the BatchNorm's scale and bias are cached too: an in-place edit of a statistic between two
+    training forwards reaches the second one."""
+    encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).double().train()
+    pixel_values = images()
+    encoder(pixel_values, torch.ones(2, 61, 83))[0].sum().backward()  # fills the training cache
+    norm = encoder.model.encoder.stages[1].layers[0].layer[1].normalization  # in a trainable stage
+    with torch.no_grad():
+        norm.running_var.mul_(2.0)
+    trained = encoder(pixel_values, torch.ones(2, 61, 83))[0]
+    assert trained.requires_grad
+    assert_matches_truth(trained, truth_features(encoder, pixel_values), "after editing running_var")
+
+
+def test_a_trainable_convolution_bias_gets_its_gradient():
+    """Where the convolution has a trainable bias the folded bias depends on it, so it is computed on the fly, not
+    cached: bias and weight gradients equal those of conv -> BatchNorm (float64)."""
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(3, 5, 3, padding=1, bias=True).double(), IntrFrozenBatchNorm2d(5).double()
+    randomize_batch_norms(norm)
+    layer = IntrConvNormActivation(conv, norm, nn.ReLU())
+    pixel_values = images(height=9, width=11)
+    for _ in range(2):  # the second forward is where a cached bias would lose the gradient
+        conv.zero_grad()
+        layer(pixel_values).square().sum().backward()
+    ours = conv.weight.grad.clone(), conv.bias.grad.clone()
+    conv.zero_grad()
+    torch.relu(norm(conv(pixel_values))).square().sum().backward()
+    assert_matches_truth(ours[0], conv.weight.grad, "weight gradient")
+    assert_matches_truth(ours[1], conv.bias.grad, "bias gradient")
 
 
 @pytest.mark.parametrize("stride, dilation, groups, bias", [(1, 1, 1, False), (2, 1, 2, True), (1, 2, 1, True)])

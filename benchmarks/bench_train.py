@@ -249,8 +249,8 @@ def main():
         result = best[setting]
         today = best.get((*setting[:3], "today"))
         speed_up = f"{today['step_s'] / result['step_s']:.2f}x" if today else "-"
-        print(row_start(setting) + f"{result['step_s']:.2f} | {result['images_per_s']:.2f} | "
-              f"{result['peak_gib']:.2f} | {speed_up} |")
+        print(row_start(setting) + f"{result['step_s']:.3f} | {result['images_per_s']:.2f} | "
+              f"{result['peak_gib']:.3f} | {speed_up} |")  # (a GPU step is tens of ms)
     print("\nWhere the step goes (s, mean of the timed steps of the run above; data: outside the timed step):\n")
     print("| processes | input | precision | backbone | " + " | ".join(PHASES) + " |")
     print("|---|---|---|---|" + "---|" * len(PHASES))

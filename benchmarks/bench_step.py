@@ -1,0 +1,167 @@
+"""The model's own train step and `output_attentions` cost, `today` against `ours`, in one process (no Trainer).
+
+Where `benchmarks/bench_train.py` times the whole training path (data, Trainer, accelerate), this times what the
+model decides, with less noise: every configuration runs interleaved with the others, step after step, and the
+table gives medians. The reference-size INTR (ResNet-50, stem and stage 1 frozen, 6 + 6 layers, 200 classes),
+random pixels, at the recipe's batch (12):
+
+- train step (forward + backward + gradient clipping + fused AdamW), float32 and bf16 autocast, on a 448x448 batch
+  and on a multi-scale-like padded batch (shorter sides drawn from the recipe's 480..800, 4:3 images, padded to the
+  largest), with peak memory (`max_memory_allocated` on GPU);
+- configurations: `today` (the code before issue 11, `benchmarks/unfolded_backbone.py`), `ours`, and `native fold`:
+  ours with the trainable convolutions folded by plain autograd through `conv2d(x, weight * scale)` instead of
+  `_FoldedConvolution` (no Python autograd Function, but each scaled weight stays alive until the backward);
+- on CUDA, one profiled 448 float32 step per configuration: total kernel time and kernel count against the step's
+  wall time (kernel time well below wall time: the step is bound by the host's per-op work, not by the GPU);
+- the `output_attentions=True` cost of the float32 and bf16 forward at batch 1 (one 800x1028 image): the eager
+  attention that returns the weights against sdpa.
+
+    python benchmarks/bench_step.py --device cuda
+    python benchmarks/bench_step.py --device cpu --steps 2    # seconds per step on a CPU
+"""
+
+import argparse
+import contextlib
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_forward import configuration, hardware_line, padded_batch  # noqa: E402
+
+import modeling_intr.modeling_intr as modeling  # noqa: E402
+from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
+
+
+def _native_fold_forward(self, hidden_states, residual=None):
+    sources, conv = self._sources(), self.convolution
+    if not (torch.is_grad_enabled() and conv.weight.requires_grad) or any(t.requires_grad for t in sources[1:]):
+        return _shipped_forward(self, hidden_states, residual)
+    scale, bias = self._cached(sources[1:], self.scale_and_folded_bias)
+    hidden_states = modeling._convolve(hidden_states, modeling._scaled_weight(conv.weight, scale), bias, conv)
+    if residual is not None:
+        hidden_states += residual
+    return self.activation(hidden_states)
+
+
+_shipped_forward = modeling.IntrConvNormActivation.forward
+
+
+@contextlib.contextmanager
+def native_fold():
+    modeling.IntrConvNormActivation.forward = _native_fold_forward
+    try:
+        yield
+    finally:
+        modeling.IntrConvNormActivation.forward = _shipped_forward
+
+
+CONFIGURATIONS = {"today": lambda: configuration("today"), "ours": lambda: configuration("ours"),
+                  "native fold": native_fold}
+
+
+def interleaved(runs: dict, rounds: int, warmup: int, synchronize) -> dict:
+    """Seconds of each run per round (the order alternates between rounds), after `warmup` untimed rounds."""
+    times = {name: [] for name in runs}
+    for index in range(warmup + rounds):
+        for name, run in (runs.items() if index % 2 else reversed(list(runs.items()))):
+            synchronize()
+            start = time.perf_counter()
+            run()
+            synchronize()
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch_size", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=12, help="timed train steps per configuration and input")
+    parser.add_argument("--forwards", type=int, default=40, help="timed batch-1 forwards per output_attentions value")
+    args = parser.parse_args()
+    device, cuda = args.device, args.device == "cuda"
+    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.manual_seed(0)
+    model = IntrForImageClassification(IntrConfig(num_labels=200)).to(device)
+    print(hardware_line(device))
+
+    model.eval()
+    image = torch.randn(1, 3, 800, 1028, device=device)
+    for precision in ("float32", "bf16"):
+        def forward(output_attentions, precision=precision):
+            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                model(image, output_attentions=output_attentions)
+
+        times = interleaved({"sdpa": lambda: forward(False), "weights": lambda: forward(True)}, args.forwards, 3,
+                            synchronize)
+        sdpa, weights = statistics.median(times["sdpa"]), statistics.median(times["weights"])
+        print(f"output_attentions=True, {precision}, batch 1: {1000 * weights:.2f} ms against {1000 * sdpa:.2f} ms "
+              f"(medians): {100 * (weights / sdpa - 1):+.1f}%")
+
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
+    rng = random.Random(0)
+    sizes = [(side, round(side * 4 / 3)) for side in (rng.choice(range(480, 801, 32)) for _ in range(args.batch_size))]
+    pixel_values, pixel_mask = padded_batch(sizes, device)
+    inputs = {"448 fixed": (torch.randn(args.batch_size, 3, 448, 448, device=device), None),
+              f"multi-scale ({pixel_values.shape[2]}x{pixel_values.shape[3]} padded)": (pixel_values, pixel_mask)}
+    labels = torch.arange(args.batch_size, device=device) % 200
+
+    def step(pixels, mask, bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(pixel_values=pixels, pixel_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 0.1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    print(f"\nTrain step, batch {args.batch_size}, median of {args.steps} interleaved steps after 2 warm-up\n")
+    print("| input | precision | configuration | ms / step | peak memory (MiB) | speed-up vs today |")
+    print("|---|---|---|---|---|---|")
+    for input_name, (pixels, mask) in inputs.items():
+        for precision in ("float32", "bf16"):
+            peaks = {}
+
+            def run(name, pixels=pixels, mask=mask, precision=precision):
+                with CONFIGURATIONS[name]():
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    step(pixels, mask, precision == "bf16")
+                    if cuda:
+                        peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() / 2**20)
+
+            times = interleaved({name: lambda name=name: run(name) for name in CONFIGURATIONS}, args.steps, 2,
+                                synchronize)
+            today = statistics.median(times["today"])
+            for name, seconds in times.items():
+                median = statistics.median(seconds)
+                peak = f"{peaks[name]:.0f}" if cuda else "-"
+                print(f"| {input_name} | {precision} | {name} | {1000 * median:.1f} | {peak} | {today / median:.2f}x |")
+
+    if cuda:
+        pixels, mask = inputs["448 fixed"]
+        print("\nOne profiled 448 float32 step (the profiler slows the host: compare kernel time with the medians "
+              "above):\n")
+        for name in CONFIGURATIONS:
+            with CONFIGURATIONS[name]():
+                step(pixels, mask, False)
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+                    step(pixels, mask, False)
+                    synchronize()
+            kernels = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+            kernel_ms = sum(e.self_device_time_total for e in kernels) / 1000
+            print(f"{name}: kernel time {kernel_ms:.1f} ms, {sum(e.count for e in kernels)} kernels")
+
+
+if __name__ == "__main__":
+    main()

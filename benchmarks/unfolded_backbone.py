@@ -9,7 +9,9 @@ before/after ratio comes from one process:
 - `fast_dropout=False`: torch's dropout everywhere, and sdpa's own dropout in the attention (in training on the CPU
   the model now runs eager attention with its faster mask, `modeling_intr.modeling_intr._dropout`);
 - `unmasked_without_padding=False`: the additive key mask on every attention over the memory, all zeros when no
-  pixel is padded (the model now passes no mask then).
+  pixel is padded (the model now passes no mask then);
+- `dropout_before_relu=False`: the feed-forward block as the reference orders it, fc1 -> ReLU -> dropout -> fc2
+  (the model now drops first and applies the ReLU in place, keeping one activation fewer for the backward).
 
 `unfolded_backbone()` with every switch off is the code before issue 11: the reference-equivalent baseline.
 """
@@ -28,6 +30,10 @@ def _unfolded_forward(self, hidden_states, residual=None):
     if isinstance(self.activation, nn.ReLU):
         return nn.functional.relu(hidden_states)  # out of place, as transformers' nn.ReLU()
     return self.activation(hidden_states)
+
+
+def _reference_order_feed_forward(self, hidden_states):
+    return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
 
 
 def _torch_dropout(hidden_states, p, training):
@@ -53,7 +59,7 @@ def _channels_last_under_autocast_only(pixel_values):
 
 @contextlib.contextmanager
 def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_dropout: bool = False,
-                      unmasked_without_padding: bool = False):
+                      unmasked_without_padding: bool = False, dropout_before_relu: bool = False):
     """Within the block, every INTR model runs with the choices switched off that are False here."""
     patches = []
     if not fold:
@@ -66,6 +72,8 @@ def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_drop
                     (modeling.IntrAttention, "runs_eager", _eager_only_when_asked)]
     if not unmasked_without_padding:
         patches.append((modeling.IntrModel, "_checked_inputs", _always_padded(modeling.IntrModel._checked_inputs)))
+    if not dropout_before_relu:
+        patches.append((modeling.IntrMLP, "forward", _reference_order_feed_forward))
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
     try:
         for owner, name, value in patches:

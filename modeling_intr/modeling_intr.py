@@ -578,7 +578,12 @@ class IntrAttention(nn.Module):
 
 
 class IntrMLP(nn.Module):
-    """Feed-forward block: fc1 -> activation -> dropout -> fc2."""
+    """
+    Feed-forward block: fc1 -> activation -> dropout -> fc2. With ReLU (the reference's activation) the dropout runs
+    first and the ReLU in place on its output: the two commute (the kept values are scaled by a positive factor), so
+    values, gradients and random stream are unchanged, and the tensor fc2 saves for its backward is the one the
+    ReLU's backward reads, one [b, n, ffn_dim] activation fewer per layer kept until the backward.
+    """
 
     def __init__(self, config: IntrConfig):
         super().__init__()
@@ -588,7 +593,10 @@ class IntrMLP(nn.Module):
         self.dropout = IntrDropout(config.dropout)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
+        hidden_states = self.fc1(hidden_states)  # [b, n, ffn_dim]
+        if isinstance(self.activation, nn.ReLU):  # in place: neither fc1's nor the dropout's backward reads it
+            return self.fc2(torch.relu_(self.dropout(hidden_states)))
+        return self.fc2(self.dropout(self.activation(hidden_states)))
 
 
 class IntrEncoderLayer(GradientCheckpointingLayer):

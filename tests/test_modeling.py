@@ -323,7 +323,8 @@ def test_a_batch_without_padding_runs_every_attention_without_a_mask():
     with torch.no_grad():
         unmasked = [model(pixel_values, mask).logits for mask in (None, torch.ones(2, 64, 96, dtype=torch.long))]
         assert len(masks) == 2 * 6 and all(mask is None for mask in masks)  # 2 encoder + 2 x 2 decoder attentions
-        with unfolded_backbone(fold=True, channels_last=True, fast_dropout=True):  # only the mask switched back
+        # only the mask switched back
+        with unfolded_backbone(fold=True, channels_last=True, fast_dropout=True, dropout_before_relu=True):
             zero_mask = model(pixel_values).logits
         assert masks[-1] is not None and not masks[-1].any()
         for logits in unmasked:
@@ -445,6 +446,38 @@ def test_cpu_dropout_mask_multiplies_in_chunks_like_one_product_and_its_gradient
         assert torch.equal(_times_mask(values, keep, 1.25, chunk=chunk), values * keep * 1.25)
         assert torch.equal(_times_mask(values, keep.t().contiguous().t(), 1.25, chunk=chunk), values * keep * 1.25)
     assert torch.autograd.gradcheck(lambda v: _MaskedScale.apply(v, keep, 1.25), (values.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("activation_function", ["relu", "gelu"])
+def test_feed_forward_keeps_the_reference_order_values_and_with_relu_saves_one_activation_fewer(activation_function):
+    """fc1 -> activation -> dropout -> fc2 in value and gradient (float64, same seed, so the same dropped elements).
+    With ReLU the block drops first and applies the ReLU in place, which commute: the [n, ffn_dim] tensor fc2 saves
+    for its backward is then the only one of that size kept, where the reference order keeps two (the ReLU's output
+    and the dropout's)."""
+    from modeling_intr.modeling_intr import IntrMLP, _dropout
+
+    config = tiny_config(dropout=0.4, activation_function=activation_function)
+    mlp = IntrMLP(config).double().train()
+    hidden_states = torch.randn(2, 9, config.d_model, dtype=torch.float64)
+    results = []
+    for run in ("ours", "reference order"):
+        inputs = hidden_states.clone().requires_grad_()
+        torch.manual_seed(0)
+        with tensors_saved_for_backward() as saved:
+            if run == "ours":
+                output = mlp(inputs)
+            else:
+                output = mlp.fc2(_dropout(mlp.activation(mlp.fc1(inputs)), 0.4, training=True))
+        output.square().sum().backward()
+        storages = {t.untyped_storage().data_ptr() for t in saved if t.is_floating_point()}
+        not_activations = {t.untyped_storage().data_ptr() for t in (inputs, *mlp.parameters())}
+        results.append((output, inputs.grad, mlp.fc1.weight.grad.clone(), len(storages - not_activations)))
+        mlp.zero_grad()
+    (output, input_grad, weight_grad, kept), (truth, truth_input_grad, truth_weight_grad, truth_kept) = results
+    torch.testing.assert_close(output, truth, rtol=0, atol=0)
+    torch.testing.assert_close(input_grad, truth_input_grad, rtol=0, atol=0)
+    torch.testing.assert_close(weight_grad, truth_weight_grad, rtol=0, atol=0)
+    assert truth_kept == 2 and kept == (1 if activation_function == "relu" else 2)
 
 
 def test_attention_dropout_in_cpu_training_runs_eager_with_the_faster_mask():

@@ -39,6 +39,8 @@ from bench_forward import configuration, hardware_line, padded_batch  # noqa: E4
 import modeling_intr.modeling_intr as modeling  # noqa: E402
 from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
 
+_shipped_forward = modeling.IntrConvNormActivation.forward
+
 
 def _native_fold_forward(self, hidden_states, residual=None):
     sources, conv = self._sources(), self.convolution
@@ -49,9 +51,6 @@ def _native_fold_forward(self, hidden_states, residual=None):
     if residual is not None:
         hidden_states += residual
     return self.activation(hidden_states)
-
-
-_shipped_forward = modeling.IntrConvNormActivation.forward
 
 
 @contextlib.contextmanager

@@ -8,16 +8,20 @@ random pixels, at the recipe's batch (12):
 - train step (forward + backward + gradient clipping + fused AdamW), float32 and bf16 autocast, on a 448x448 batch
   and on a multi-scale-like padded batch (shorter sides drawn from the recipe's 480..800, 4:3 images, padded to the
   largest), with peak memory (`max_memory_allocated` on GPU);
-- configurations: `today` (the code before issue 11, `benchmarks/unfolded_backbone.py`), `ours`, and `native fold`:
-  ours with the trainable convolutions folded by plain autograd through `conv2d(x, weight * scale)` instead of
-  `_FoldedConvolution` (no Python autograd Function, but each scaled weight stays alive until the backward);
+- configurations: `today` (the code before issue 11, `benchmarks/unfolded_backbone.py`), `ours`, and `function
+  fold`: ours with each trainable convolution folded by a Python autograd Function that keeps the weight and the
+  scale for the backward and scales again there, instead of autograd through `conv2d(x, weight * scale)` (~90 MB of
+  scaled weights fewer kept until the backward, but a Python Function's host work per convolution and step);
 - on CUDA, one profiled 448 float32 step per configuration: total kernel time and kernel count against the step's
   wall time (kernel time well below wall time: the step is bound by the host's per-op work, not by the GPU);
 - the `output_attentions=True` cost of the float32 and bf16 forward at batch 1 (one 800x1028 image): the eager
-  attention that returns the weights against sdpa.
+  attention that returns the weights against sdpa;
+- the host work of one trainable folded convolution, forward + backward, for `ours` and `function fold`: 40 chained
+  1x1 convolutions of 8 channels on a 2x2 map, whose kernels do next to nothing (`--host_work_only` for just this).
 
     python benchmarks/bench_step.py --device cuda
     python benchmarks/bench_step.py --device cpu --steps 2    # seconds per step on a CPU
+    python benchmarks/bench_step.py --device cpu --host_work_only
 """
 
 import argparse
@@ -42,20 +46,42 @@ from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
 _shipped_forward = modeling.IntrConvNormActivation.forward
 
 
-def _native_fold_forward(self, hidden_states, residual=None):
+class _FoldedConvolution(torch.autograd.Function):
+    """`conv(x, weight * scale) + bias` saving `x`, `weight` and `scale` (not their product) for the backward."""
+
+    @staticmethod
+    def forward(ctx, hidden_states, weight, scale, bias, conv):
+        device = hidden_states.device.type
+        if torch.is_autocast_enabled(device):  # the input conv2d would save: in the autocast dtype
+            hidden_states = hidden_states.to(torch.get_autocast_dtype(device))
+        ctx.save_for_backward(hidden_states, weight, scale)
+        ctx.conv = conv
+        dtype = hidden_states.dtype
+        return modeling._convolve(hidden_states, (weight * scale).to(dtype), bias.to(dtype), conv)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (hidden_states, weight, scale), conv = ctx.saved_tensors, ctx.conv
+        grad_input, grad_folded, _ = torch.ops.aten.convolution_backward(
+            grad_output, hidden_states, (weight * scale).to(hidden_states.dtype), None, conv.stride, conv.padding,
+            conv.dilation, False, [0, 0], conv.groups, [ctx.needs_input_grad[0], True, False])
+        return grad_input, grad_folded.to(weight.dtype).mul_(scale), None, None, None
+
+
+def _function_fold_forward(self, hidden_states, residual=None):
     sources, conv = self._sources(), self.convolution
     if not (torch.is_grad_enabled() and conv.weight.requires_grad) or any(t.requires_grad for t in sources[1:]):
         return _shipped_forward(self, hidden_states, residual)
     scale, bias = self._cached(sources[1:], self.scale_and_folded_bias)
-    hidden_states = modeling._convolve(hidden_states, modeling._scaled_weight(conv.weight, scale), bias, conv)
+    hidden_states = _FoldedConvolution.apply(hidden_states, conv.weight, scale, bias, conv)
     if residual is not None:
         hidden_states += residual
     return self.activation(hidden_states)
 
 
 @contextlib.contextmanager
-def native_fold():
-    modeling.IntrConvNormActivation.forward = _native_fold_forward
+def function_fold():
+    modeling.IntrConvNormActivation.forward = _function_fold_forward
     try:
         yield
     finally:
@@ -63,7 +89,7 @@ def native_fold():
 
 
 CONFIGURATIONS = {"today": lambda: configuration("today"), "ours": lambda: configuration("ours"),
-                  "native fold": native_fold}
+                  "function fold": function_fold}
 
 
 def interleaved(runs: dict, rounds: int, warmup: int, synchronize) -> dict:
@@ -80,18 +106,43 @@ def interleaved(runs: dict, rounds: int, warmup: int, synchronize) -> dict:
     return times
 
 
+def fold_host_work(device: str, synchronize, chain: int = 40, rounds: int = 50) -> None:
+    """Microseconds per trainable folded convolution, forward + backward, where the kernels cost next to nothing."""
+    torch.manual_seed(0)
+    layer = modeling.IntrConvNormActivation(torch.nn.Conv2d(8, 8, 1, bias=False), modeling.IntrFrozenBatchNorm2d(8),
+                                            torch.nn.ReLU()).to(device)
+    hidden_states = torch.randn(1, 8, 2, 2, device=device, requires_grad=True)
+
+    def run(name):
+        with CONFIGURATIONS[name]():
+            output = hidden_states
+            for _ in range(chain):
+                output = layer(output)
+            output.sum().backward()
+
+    times = interleaved({name: lambda name=name: run(name) for name in ("ours", "function fold")}, rounds, 5,
+                        synchronize)
+    medians = {name: 1e6 * statistics.median(seconds) / chain for name, seconds in times.items()}
+    print(f"host work per trainable folded convolution (forward + backward, medians of {rounds}): "
+          + ", ".join(f"{name} {us:.1f} us" for name, us in medians.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--steps", type=int, default=12, help="timed train steps per configuration and input")
     parser.add_argument("--forwards", type=int, default=40, help="timed batch-1 forwards per output_attentions value")
+    parser.add_argument("--host_work_only", action="store_true", help="only the host work per folded convolution")
     args = parser.parse_args()
     device, cuda = args.device, args.device == "cuda"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
+    print(hardware_line(device))
+    fold_host_work(device, synchronize)
+    if args.host_work_only:
+        return
     torch.manual_seed(0)
     model = IntrForImageClassification(IntrConfig(num_labels=200)).to(device)
-    print(hardware_line(device))
 
     model.eval()
     image = torch.randn(1, 3, 800, 1028, device=device)

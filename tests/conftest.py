@@ -97,6 +97,17 @@ def tensors_saved_for_backward():
         yield saved
 
 
+def graph_nodes(output):
+    """Every autograd node the backward of `output` runs."""
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return list(seen)
+
+
 def bottleneck_backbone_config():
     """A tiny bottleneck-block ResNet (ResNet-50's block type; depths 1, 2, 1), for tests of the backbone's blocks."""
     from transformers import ResNetConfig

@@ -10,14 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, assert_matches_truth, bottleneck_backbone_config, tensors_saved_for_backward, tiny_config
+from conftest import REPO, assert_matches_truth, bottleneck_backbone_config, graph_nodes, tiny_config
 from modeling_intr import IntrConfig, IntrForImageClassification
 from modeling_intr.modeling_intr import (
     IntrConvEncoder,
     IntrConvNormActivation,
     IntrFrozenBatchNorm2d,
     IntrResNetBlock,
-    _FoldedConvolution,
 )
 from transformers.backbone_utils import load_backbone
 
@@ -252,19 +251,16 @@ def test_training_gradients_equal_the_unfolded_ones():
     assert checked == sum(p.requires_grad for p in encoder.parameters()) > 0
 
 
-def test_training_keeps_no_scaled_weight_copy_for_the_backward():
-    """A trainable convolution saves its input, its weight (the parameter itself) and the [out] scale: no
-    weight-sized scaled copy stays alive from the forward to the backward."""
+def test_training_differentiates_the_fold_with_autograd_nodes_only():
+    """In training each trainable convolution's backward is autograd's own convolution backward, with no Python
+    autograd Function in the backbone's graph: on a GPU the step is bound by the host's work per op, and a Python
+    Function costs several times a native node's."""
     encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).train()
-    trainable = {p.data_ptr(): p for p in encoder.parameters() if p.requires_grad and p.dim() == 4}
-    weight_shapes = {p.shape for p in trainable.values()}
-    with tensors_saved_for_backward() as saved:
-        output = encoder(images(dtype=torch.float32), torch.ones(2, 61, 83))[0]
-    weight_like = [t for t in saved if t.shape in weight_shapes]
-    assert len(weight_like) >= len(trainable) > 0
-    assert all(t.data_ptr() in trainable for t in weight_like), "a scaled weight copy is saved for the backward"
-    output.square().sum().backward()
-    assert all(p.grad is not None for p in trainable.values())
+    nodes = graph_nodes(encoder(images(dtype=torch.float32), torch.ones(2, 61, 83))[0])
+    trainable_convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    assert sum(type(node).__name__ == "ConvolutionBackward0" for node in nodes) == len(trainable_convs) > 0
+    python_functions = [node for node in nodes if isinstance(node, torch.autograd.function.BackwardCFunction)]
+    assert python_functions == []
 
 
 def test_training_follows_batch_norm_edits_between_steps():
@@ -299,37 +295,25 @@ def test_a_trainable_convolution_bias_gets_its_gradient():
     assert_matches_truth(ours[1], conv.bias.grad, "bias gradient")
 
 
-@pytest.mark.parametrize("stride, dilation, groups, bias", [(1, 1, 1, False), (2, 1, 2, True), (1, 2, 1, True)])
-def test_folded_convolution_passes_gradcheck(stride, dilation, groups, bias):
-    """Gradients of conv(x, weight * scale) + bias for every input, the BatchNorm scale included (float64,
-    finite differences)."""
-    conv = nn.Conv2d(4, 6, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=bias).double()
-    generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_(True)
-              for shape in [(2, 4, 7, 9), conv.weight.shape, (6,), (6,)]]
-    assert torch.autograd.gradcheck(lambda *tensors: _FoldedConvolution.apply(*tensors, conv), inputs)
-
-
-def test_bf16_autocast_training_computes_what_autograd_through_the_fold_computes():
-    """Under autocast the folded convolution casts as `conv2d` does: the bf16 output and the float32 weight
-    gradient are bit for bit those of `conv2d(x, weight * scale, bias)` differentiated by autograd."""
-    encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).float().train()
-    layer = encoder.model.encoder.stages[0].layers[0].layer[1]  # a trainable 3x3 convolution
-    hidden_states = torch.randn(2, layer.convolution.in_channels, 15, 21, generator=torch.Generator().manual_seed(2))
-    results = []
-    for folded in (True, False):
-        weight = layer.convolution.weight
-        scale, bias = layer.scale_and_folded_bias()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            if folded:
-                output = _FoldedConvolution.apply(hidden_states, weight, scale, bias, layer.convolution)
-            else:
-                output = nn.functional.conv2d(hidden_states, weight * scale[:, None, None, None], bias, padding=1)
-        (gradient,) = torch.autograd.grad(output.float().square().sum(), weight)
-        results.append((output, gradient))
-    (output, gradient), (truth_output, truth_gradient) = results
-    assert output.dtype == torch.bfloat16 and gradient.dtype == torch.float32
-    assert torch.equal(output, truth_output) and torch.equal(gradient, truth_gradient)
+def test_bf16_autocast_training_convolves_in_bf16_and_keeps_float32_gradients():
+    """Under bf16 autocast the folded convolutions run in bf16, and every trainable float32 weight gets a float32
+    gradient within bf16 noise of float32 training's (relative error 1-8% here, as for the unfolded computation's
+    bf16 gradients; a wrong gradient is off by ~100%)."""
+    gradients, dtypes = [], []
+    for bf16 in (False, True):
+        encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).float().train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = encoder(images(dtype=torch.float32), torch.ones(2, 61, 83))[0]
+        output.float().square().mean().backward()
+        dtypes.append(output.dtype)
+        gradients.append({name: p.grad for name, p in encoder.named_parameters() if p.requires_grad})
+    assert dtypes == [torch.float32, torch.bfloat16]
+    (float32_gradients, bf16_gradients) = gradients
+    assert len(bf16_gradients) > 0
+    for name, gradient in bf16_gradients.items():
+        assert gradient.dtype == torch.float32, name
+        truth = float32_gradients[name]
+        assert float((gradient - truth).norm()) <= 0.15 * float(truth.norm()), name
 
 
 def test_training_step_changes_weights_and_the_next_eval_uses_them():

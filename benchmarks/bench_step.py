@@ -17,11 +17,16 @@ random pixels, at the recipe's batch (12):
 - the `output_attentions=True` cost of the float32 and bf16 forward at batch 1 (one 800x1028 image): the eager
   attention that returns the weights against sdpa;
 - the host work of one trainable folded convolution, forward + backward, for `ours` and `function fold`: 40 chained
-  1x1 convolutions of 8 channels on a 2x2 map, whose kernels do next to nothing (`--host_work_only` for just this).
+  1x1 convolutions of 8 channels on a 2x2 map, whose kernels do next to nothing;
+- the tensors autograd saves for the backward of one 448 training forward, per configuration (MiB, parameters
+  excluded, each storage counted once): the activation memory a step holds at its peak, on any device.
+
+`--parts` picks among `host`, `attentions`, `saved`, `train` (all by default):
 
     python benchmarks/bench_step.py --device cuda
-    python benchmarks/bench_step.py --device cpu --steps 2    # seconds per step on a CPU
-    python benchmarks/bench_step.py --device cpu --host_work_only
+    python benchmarks/bench_step.py --device cpu --steps 2                         # seconds per step on a CPU
+    python benchmarks/bench_step.py --device cpu --parts host saved                # seconds in all
+    python benchmarks/bench_step.py --device cpu --parts saved --batch_size 2
 """
 
 import argparse
@@ -127,37 +132,61 @@ def fold_host_work(device: str, synchronize, chain: int = 40, rounds: int = 50) 
           + ", ".join(f"{name} {us:.1f} us" for name, us in medians.items()))
 
 
+def saved_for_backward(model, pixel_values, labels) -> None:
+    """MiB of the non-parameter tensors autograd saves for the backward of one training forward, per configuration."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    for name, make_configuration in CONFIGURATIONS.items():
+        storages = {}  # data_ptr -> bytes: a storage saved by several nodes counts once
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in parameters:
+                storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with make_configuration(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(pixel_values=pixel_values, labels=labels)
+        print(f"saved for the backward, {tuple(pixel_values.shape)} float32, {name}: "
+              f"{sum(storages.values()) / 2**20:.1f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--steps", type=int, default=12, help="timed train steps per configuration and input")
     parser.add_argument("--forwards", type=int, default=40, help="timed batch-1 forwards per output_attentions value")
-    parser.add_argument("--host_work_only", action="store_true", help="only the host work per folded convolution")
+    parser.add_argument("--parts", nargs="+", default=["host", "attentions", "saved", "train"],
+                        choices=["host", "attentions", "saved", "train"])
     args = parser.parse_args()
     device, cuda = args.device, args.device == "cuda"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
     print(hardware_line(device))
-    fold_host_work(device, synchronize)
-    if args.host_work_only:
-        return
+    if "host" in args.parts:
+        fold_host_work(device, synchronize)
     torch.manual_seed(0)
     model = IntrForImageClassification(IntrConfig(num_labels=200)).to(device)
+    labels = torch.arange(args.batch_size, device=device) % 200
 
-    model.eval()
-    image = torch.randn(1, 3, 800, 1028, device=device)
-    for precision in ("float32", "bf16"):
-        def forward(output_attentions, precision=precision):
-            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                model(image, output_attentions=output_attentions)
+    if "attentions" in args.parts:
+        model.eval()
+        image = torch.randn(1, 3, 800, 1028, device=device)
+        for precision in ("float32", "bf16"):
+            def forward(output_attentions, precision=precision):
+                with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    model(image, output_attentions=output_attentions)
 
-        times = interleaved({"sdpa": lambda: forward(False), "weights": lambda: forward(True)}, args.forwards, 3,
-                            synchronize)
-        sdpa, weights = statistics.median(times["sdpa"]), statistics.median(times["weights"])
-        print(f"output_attentions=True, {precision}, batch 1: {1000 * weights:.2f} ms against {1000 * sdpa:.2f} ms "
-              f"(medians): {100 * (weights / sdpa - 1):+.1f}%")
+            times = interleaved({"sdpa": lambda: forward(False), "weights": lambda: forward(True)}, args.forwards, 3,
+                                synchronize)
+            sdpa, weights = statistics.median(times["sdpa"]), statistics.median(times["weights"])
+            print(f"output_attentions=True, {precision}, batch 1: {1000 * weights:.2f} ms against {1000 * sdpa:.2f} "
+                  f"ms (medians): {100 * (weights / sdpa - 1):+.1f}%")
 
     model.train()
+    if "saved" in args.parts:
+        saved_for_backward(model, torch.randn(args.batch_size, 3, 448, 448, device=device), labels)
+    if "train" not in args.parts:
+        return
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
     rng = random.Random(0)
@@ -165,7 +194,6 @@ def main() -> None:
     pixel_values, pixel_mask = padded_batch(sizes, device)
     inputs = {"448 fixed": (torch.randn(args.batch_size, 3, 448, 448, device=device), None),
               f"multi-scale ({pixel_values.shape[2]}x{pixel_values.shape[3]} padded)": (pixel_values, pixel_mask)}
-    labels = torch.arange(args.batch_size, device=device) % 200
 
     def step(pixels, mask, bf16):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):

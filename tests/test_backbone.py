@@ -254,7 +254,7 @@ def test_training_gradients_equal_the_unfolded_ones():
 def test_training_differentiates_the_fold_with_autograd_nodes_only():
     """In training each trainable convolution's backward is autograd's own convolution backward, with no Python
     autograd Function in the backbone's graph: on a GPU the step is bound by the host's work per op, and a Python
-    Function costs several times a native node's."""
+    Function costs more of it per call than autograd's own node."""
     encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).train()
     nodes = graph_nodes(encoder(images(dtype=torch.float32), torch.ones(2, 61, 83))[0])
     trainable_convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]

@@ -441,7 +441,9 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
     (MKL's parallel generator serves Intel CPUs only): ~6 ns per element, 15% of a CPU train step. Here the mask comes
     16 bits per element from 64-bit random words of the same generator (seeded by `torch.manual_seed`): an element is
     dropped with probability p rounded to 1/65536 and the others are scaled by 1 / (1 - that p), so the expectation
-    stays the input. Only the random stream differs from torch's; GPUs keep torch's fused dropout.
+    stays the input. Only the random stream differs from torch's; GPUs keep torch's fused dropout, and so does a
+    compiled model (inductor makes the mask inside its own kernels, where the in-place `random_` below would break
+    the graph at every dropout).
 
     The mask is made and applied with vectorised kernels only: a 0/1 uint8 mask from clamping the 16-bit levels
     (comparisons, `torch.where` and `masked_fill` on a bool mask run element by element, 4-10x slower on the CPU),
@@ -452,7 +454,7 @@ def _dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Ten
         return hidden_states
     dropped_levels = min(round(p * 65536), 65535)  # (p within 1/131072 of 1 still keeps 1 level in 65536)
     # below 1/131072, p rounds to no level at all: torch's own dropout then
-    if dropped_levels == 0 or p >= 1 or hidden_states.device.type != "cpu":
+    if dropped_levels == 0 or p >= 1 or hidden_states.device.type != "cpu" or torch.compiler.is_compiling():
         return nn.functional.dropout(hidden_states, p, training)
     words = torch.empty((hidden_states.numel() + 3) // 4, dtype=torch.int64, device=hidden_states.device)
     words.random_(-(2**63), None)  # every bit uniform (the default range leaves the sign bit 0)

@@ -467,6 +467,23 @@ def test_feed_forward_keeps_the_reference_order_values_and_with_relu_saves_one_a
     assert truth_kept == 2 and kept == (1 if activation_function == "relu" else 2)
 
 
+def test_a_training_forward_compiles_into_one_graph():
+    """torch.compile(fullgraph=True), which fails on any graph break, traces a training forward with dropout in every
+    layer and the loss (the CPU's own dropout mask, made with an in-place `random_`, runs only outside compilation);
+    its gradients reach the trainable weights, and in eval the compiled model gives the eager logits. (A `pixel_mask`
+    adds one break before any computation: the model checks it on the host for images without a real pixel.)"""
+    model = tiny_model(dropout=0.1, attention_dropout=0.1).train()
+    pixel_values, _ = padded_batch([(64, 64), (64, 64)])
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # dynamo's tracing alone, no code generation
+    compiled(pixel_values, labels=torch.tensor([1, 2])).loss.backward()
+    for parameter in (model.presence_head.weight, model.model.class_queries.weight,
+                      model.model.backbone.model.encoder.stages[-1].layers[-1].layer[0].convolution.weight):
+        assert parameter.grad is not None and parameter.grad.abs().max() > 0
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, rtol=1e-5, atol=1e-6)
+
+
 def test_attention_dropout_in_cpu_training_runs_eager_with_the_faster_mask():
     model = tiny_model(attention_dropout=0.1)  # sdpa by default
     attention = model.model.encoder.layers[0].self_attn

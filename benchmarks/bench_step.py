@@ -142,7 +142,9 @@ def saved_for_backward(model, pixel_values, labels) -> None:
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in parameters:
                 storages[storage.data_ptr()] = storage.nbytes()
-            return tensor
+            # not `tensor` itself: an op's saved output holds its node, which would hold it back, a cycle through
+            # autograd's C++ that Python's gc cannot break (every forward's graph leaked into the train step's peak)
+            return tensor.detach()
 
         with make_configuration(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             model(pixel_values=pixel_values, labels=labels)

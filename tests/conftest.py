@@ -89,11 +89,20 @@ def reference_fixture(name: str = "official_intr_r18") -> dict:
 
 @contextlib.contextmanager
 def tensors_saved_for_backward():
-    """Within the block, every tensor autograd saves for a backward is appended to the list this yields."""
+    """
+    Within the block, every tensor autograd saves for a backward is appended to the list this yields. The graph keeps
+    a detached alias (same storage and version counter): an op's output kept as itself would hold its own node, a
+    reference cycle through autograd's C++ that Python's gc cannot free.
+    """
     import torch
 
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor) or tensor, lambda tensor: tensor):
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor.detach()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         yield saved
 
 

@@ -142,11 +142,13 @@ def worker(args: argparse.Namespace) -> None:
         return norm
 
     run_finetune.IntrTrainer._clip_grad_norm = timed_clip_grad_norm
+    # --dataloader_drop_last: every timed step is a full batch. The 200-image epoch's last batch is smaller (8 at
+    # batch 12): a shorter step, and for `compiled` a new shape that compiles again (it once read as 3 s per step)
     argv = ["--config_name", str(args.work / "config.json"), "--dataset_path", str(args.work),
             "--dataset_name", "bench", "--output_dir", str(args.work / "out"), "--overwrite_output_dir", "--do_train",
             "--max_steps", str(args.warmup_steps + args.steps), "--per_device_train_batch_size", str(args.batch_size),
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--log_level", "error",
-            "--log_level_replica", "error", "--dataloader_pin_memory", "false"]
+            "--log_level_replica", "error", "--dataloader_pin_memory", "false", "--dataloader_drop_last", "true"]
     if args.fixed_size:
         argv += ["--fixed_size", str(args.fixed_size)]
     if args.bf16:

@@ -19,7 +19,9 @@ random pixels, at the recipe's batch (12):
 - the host work of one trainable folded convolution, forward + backward, for `ours` and `function fold`: 40 chained
   1x1 convolutions of 8 channels on a 2x2 map, whose kernels do next to nothing;
 - the tensors autograd saves for the backward of one 448 training forward, per configuration (MiB, parameters
-  excluded, each storage counted once): the activation memory a step holds at its peak, on any device.
+  excluded, each storage counted once): the activation memory a step holds at its peak, on any device;
+- with `--compile`, the 448 float32 train step of `torch.compile(model)` against eager `ours`, interleaved, with the
+  first step (compilation included) reported on its own.
 
 `--parts` picks among `host`, `attentions`, `saved`, `train` (all by default):
 
@@ -27,6 +29,7 @@ random pixels, at the recipe's batch (12):
     python benchmarks/bench_step.py --device cpu --steps 2                         # seconds per step on a CPU
     python benchmarks/bench_step.py --device cpu --parts host saved                # seconds in all
     python benchmarks/bench_step.py --device cpu --parts saved --batch_size 2
+    python benchmarks/bench_step.py --device cuda --parts train --compile
 """
 
 import argparse
@@ -160,6 +163,7 @@ def main() -> None:
     parser.add_argument("--forwards", type=int, default=40, help="timed batch-1 forwards per output_attentions value")
     parser.add_argument("--parts", nargs="+", default=["host", "attentions", "saved", "train"],
                         choices=["host", "attentions", "saved", "train"])
+    parser.add_argument("--compile", action="store_true", help="with train: also the torch.compile'd 448 step")
     args = parser.parse_args()
     device, cuda = args.device, args.device == "cuda"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
@@ -197,9 +201,9 @@ def main() -> None:
     inputs = {"448 fixed": (torch.randn(args.batch_size, 3, 448, 448, device=device), None),
               f"multi-scale ({pixel_values.shape[2]}x{pixel_values.shape[3]} padded)": (pixel_values, pixel_mask)}
 
-    def step(pixels, mask, bf16):
+    def step(pixels, mask, bf16, forward=model):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(pixel_values=pixels, pixel_mask=mask, labels=labels).loss
+            loss = forward(pixel_values=pixels, pixel_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 0.1)
         optimizer.step()
@@ -227,6 +231,21 @@ def main() -> None:
                 median = statistics.median(seconds)
                 peak = f"{peaks[name]:.0f}" if cuda else "-"
                 print(f"| {input_name} | {precision} | {name} | {1000 * median:.1f} | {peak} | {today / median:.2f}x |")
+
+    if args.compile:  # its warm-up covers the second step's recompilation (the loss sets config.problem_type)
+        pixels, _ = inputs["448 fixed"]
+        compiled = torch.compile(model)
+        synchronize()
+        start = time.perf_counter()
+        step(pixels, None, False, compiled)
+        synchronize()
+        first = time.perf_counter() - start
+        runs = {"ours": lambda: step(pixels, None, False), "compiled": lambda: step(pixels, None, False, compiled)}
+        times = interleaved(runs, args.steps, 2, synchronize)
+        eager, fast = statistics.median(times["ours"]), statistics.median(times["compiled"])
+        print(f"\ntorch.compile, 448 float32 train step: first step (compilation included) {first:.1f} s, then "
+              f"{1000 * fast:.1f} ms against {1000 * eager:.1f} ms eager ours (medians of {args.steps} interleaved "
+              f"steps after 2 warm-up): {eager / fast:.2f}x")
 
     if cuda:
         pixels, mask = inputs["448 fixed"]

@@ -496,6 +496,32 @@ def test_activation_checkpointing_bf16_and_dataloader_workers(digits_root, tmp_p
     assert len(warnings) == 1 and "no native bf16 dot products" in warnings[0] and "emulated" in warnings[0]
 
 
+def test_torch_compile_trains_evaluates_and_saves_the_usual_folder(small_digits_root, tmp_path, monkeypatch):
+    """`--torch_compile` (the README's advice for fixed-size GPU training) compiles the model, trains and evaluates
+    through it, and saves weights under their own names (no `_orig_mod.` prefix) that load back into INTR. Dynamo's
+    `eager` backend traces without generating code, which keeps this test fast."""
+    torch.compiler.reset()  # dynamo's caches (and their recompile limit) are per function, shared across tests
+    compiled = []
+    compile_model = torch.compile
+
+    def recording_compile(model, *args, **kwargs):
+        compiled.append((type(model).__name__, kwargs.get("backend")))
+        return compile_model(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    config = tiny_digits_config(tmp_path / "config.json", dropout=0.1)
+    output_dir = tmp_path / "out"
+    metrics = run_finetune.main(common_args(small_digits_root, config, output_dir, size=32) + [
+        "--do_train", "--do_eval", "--max_steps", "3", "--torch_compile", "--torch_compile_backend", "eager",
+        "--use_cpu"])
+    assert compiled == [("IntrForImageClassification", "eager")]
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
+    saved = load_file(output_dir / "model.safetensors")
+    assert not [key for key in saved if "_orig_mod" in key]
+    model = IntrForImageClassification.from_pretrained(output_dir)
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in saved.items())
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 
 

@@ -472,6 +472,7 @@ def test_a_training_forward_compiles_into_one_graph():
     layer and the loss (the CPU's own dropout mask, made with an in-place `random_`, runs only outside compilation);
     its gradients reach the trainable weights, and in eval the compiled model gives the eager logits. (A `pixel_mask`
     adds one break before any computation: the model checks it on the host for images without a real pixel.)"""
+    torch.compiler.reset()  # dynamo's caches (and their recompile limit) are per function, shared across tests
     model = tiny_model(dropout=0.1, attention_dropout=0.1).train()
     pixel_values, _ = padded_batch([(64, 64), (64, 64)])
     compiled = torch.compile(model, backend="eager", fullgraph=True)  # dynamo's tracing alone, no code generation

@@ -62,6 +62,23 @@ def configuration(name: str):
     return contextlib.nullcontext() if switches is None else unfolded_backbone(**switches)
 
 
+@contextlib.contextmanager
+def tensors_saved_for_backward():
+    """
+    Within the block, every tensor autograd saves for a backward is appended to the list this yields. The graph keeps
+    a detached alias (same storage and version counter): an op's output kept as itself would hold its own node, a
+    reference cycle through autograd's C++ that Python's gc cannot free (every forward's graph would leak).
+    """
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor.detach()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield saved
+
+
 def hardware_line(device: str) -> str:
     """CPU capability (ATen's kernel dispatch), whether bf16 dot products are native, and any ISA caps in effect."""
     if device == "cuda":

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_forward import configuration, hardware_line, padded_batch  # noqa: E402
+from bench_forward import configuration, hardware_line, padded_batch, tensors_saved_for_backward  # noqa: E402
 
 import modeling_intr.modeling_intr as modeling  # noqa: E402
 from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
@@ -139,20 +139,12 @@ def saved_for_backward(model, pixel_values, labels) -> None:
     """MiB of the non-parameter tensors autograd saves for the backward of one training forward, per configuration."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     for name, make_configuration in CONFIGURATIONS.items():
-        storages = {}  # data_ptr -> bytes: a storage saved by several nodes counts once
-
-        def pack(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in parameters:
-                storages[storage.data_ptr()] = storage.nbytes()
-            # not `tensor` itself: an op's saved output holds its node, which would hold it back, a cycle through
-            # autograd's C++ that Python's gc cannot break (every forward's graph leaked into the train step's peak)
-            return tensor.detach()
-
-        with make_configuration(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with make_configuration(), tensors_saved_for_backward() as saved:
             model(pixel_values=pixel_values, labels=labels)
-        print(f"saved for the backward, {tuple(pixel_values.shape)} float32, {name}: "
-              f"{sum(storages.values()) / 2**20:.1f} MiB")
+        # data_ptr -> bytes: a storage saved by several nodes counts once
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+        activations = sum(nbytes for pointer, nbytes in storages.items() if pointer not in parameters)
+        print(f"saved for the backward, {tuple(pixel_values.shape)} float32, {name}: {activations / 2**20:.1f} MiB")
 
 
 def main() -> None:

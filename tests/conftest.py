@@ -1,7 +1,6 @@
 """Shared test helpers: the reference fixtures and how to compare with them, a tiny INTR config, a clean subprocess
 environment."""
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -85,25 +84,6 @@ def reference_fixture(name: str = "official_intr_r18") -> dict:
         "io_float64": folder / "reference_io_float64.safetensors",
         "args": folder / "reference.json",
     }
-
-
-@contextlib.contextmanager
-def tensors_saved_for_backward():
-    """
-    Within the block, every tensor autograd saves for a backward is appended to the list this yields. The graph keeps
-    a detached alias (same storage and version counter): an op's output kept as itself would hold its own node, a
-    reference cycle through autograd's C++ that Python's gc cannot free.
-    """
-    import torch
-
-    saved = []
-
-    def pack(tensor):
-        saved.append(tensor)
-        return tensor.detach()
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        yield saved
 
 
 def graph_nodes(output):

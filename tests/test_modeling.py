@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from benchmarks.bench_forward import tensors_saved_for_backward
 from conftest import (
-    REPO, FLOAT64_TOLERANCE, TEST_DEVICE, assert_matches_truth, reference_fixture, requires_fixtures,
-    tensors_saved_for_backward, tiny_config,
+    REPO, FLOAT64_TOLERANCE, TEST_DEVICE, assert_matches_truth, reference_fixture, requires_fixtures, tiny_config,
 )
 from modeling_intr import (
     CheckpointError,

@@ -18,6 +18,13 @@ random pixels, at the recipe's batch (12):
   attention that returns the weights against sdpa;
 - the host work of one trainable folded convolution, forward + backward, for `ours` and `function fold`: 40 chained
   1x1 convolutions of 8 channels on a 2x2 map, whose kernels do next to nothing;
+- the host work of the whole train step on the GPU's code paths, `today` against `ours`, per phase (forward, backward,
+  clipping + optimizer) and in dispatched ATen ops that do work (views and aliases left out): the reference depth
+  (ResNet-50's blocks, 6 + 6 layers) at widths so small (ResNet channels / 16, d_model 32, 4 classes, one 64x64 image)
+  that each kernel costs next to nothing, without attention dropout (sdpa is then one fused op per attention and its
+  backward one, as on a GPU) and, on a CPU, with torch's dropout (one fused kernel on a GPU). Where a GPU's 448 step is
+  bound by the host (`train` below: kernel time well under wall time), its speed-up follows this one's; run on a CPU,
+  it needs no GPU;
 - the tensors autograd saves for the backward of one 448 training forward, per configuration (MiB, parameters
   excluded, each storage counted once): the activation memory a step holds at its peak, on any device;
 - with `--compile`, the 448 float32 train step of `torch.compile(model)` against eager `ours`, interleaved, with the
@@ -27,7 +34,7 @@ random pixels, at the recipe's batch (12):
 
     python benchmarks/bench_step.py --device cuda
     python benchmarks/bench_step.py --device cpu --steps 2                         # seconds per step on a CPU
-    python benchmarks/bench_step.py --device cpu --parts host saved                # seconds in all
+    python benchmarks/bench_step.py --device cpu --parts host saved                # a minute in all
     python benchmarks/bench_step.py --device cpu --parts saved --batch_size 2
     python benchmarks/bench_step.py --device cuda --parts train --compile
 """
@@ -46,7 +53,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_forward import configuration, hardware_line, padded_batch, tensors_saved_for_backward  # noqa: E402
+from bench_forward import PartTimer, configuration, hardware_line, padded_batch, tensors_saved_for_backward  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from transformers import ResNetConfig  # noqa: E402
+from unfolded_backbone import unfolded_backbone  # noqa: E402
 
 import modeling_intr.modeling_intr as modeling  # noqa: E402
 from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
@@ -135,6 +145,90 @@ def fold_host_work(device: str, synchronize, chain: int = 40, rounds: int = 50) 
           + ", ".join(f"{name} {us:.1f} us" for name, us in medians.items()))
 
 
+class _WorkingOpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched within the block that do work: on a GPU each is (about) one kernel launch."""
+
+    ALIASES = {"view", "_unsafe_view", "_reshape_alias", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze",
+               "unflatten", "flatten", "select", "slice", "split", "as_strided", "alias", "detach"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ not in self.ALIASES
+        return func(*args, **(kwargs or {}))
+
+
+def step_host_work(device: str, synchronize, rounds: int = 200) -> None:
+    """Milliseconds of host work per phase of the whole train step on the GPU's code paths (see the module doc)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a GPU's host dispatches from one thread; tiny CPU kernels gain nothing from more
+    torch.manual_seed(0)
+    backbone = ResNetConfig(layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[16, 32, 64, 128],
+                            embedding_size=4, downsample_in_first_stage=False, downsample_in_bottleneck=False,
+                            out_features=["stage4"])
+    config = IntrConfig(backbone_config=backbone, d_model=32, ffn_dim=64, num_labels=4, attention_dropout=0.0)
+    model = IntrForImageClassification(config).to(device).train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
+    pixel_values, labels = torch.randn(1, 3, 64, 64, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    # the GPU's dropout on a CPU too: every issue-11 choice but the CPU's dropout mask (`today`: none of them)
+    gpu_paths = {"today": unfolded_backbone, "ours": lambda: unfolded_backbone(
+        fold=True, channels_last=True, unmasked_without_padding=True, dropout_before_relu=True)}
+    phases = ("forward", "backward", "optimizer")
+    seconds = {name: {phase: [] for phase in phases + PartTimer.PARTS} for name in gpu_paths}
+    ops, part_timer = {}, PartTimer(model, device)
+
+    def step(name):
+        part_timer.seconds = {}
+        marks = [time.perf_counter()]
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+        synchronize()
+        marks.append(time.perf_counter())
+        loss.backward()
+        synchronize()
+        marks.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(parameters, 0.1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize()
+        marks.append(time.perf_counter())
+        for phase, start, end in zip(phases, marks, marks[1:]):
+            seconds[name][phase].append(end - start)
+        for part, part_seconds in part_timer.seconds.items():
+            seconds[name][part].append(part_seconds)
+
+    def run(name):
+        with gpu_paths[name]():
+            step(name)
+
+    for name, switches in gpu_paths.items():
+        with switches():
+            step(name)  # the optimizer's state is made in the first step
+            with _WorkingOpCounter() as counter:
+                step(name)
+        ops[name] = counter.count
+    warmup = 5
+    interleaved({name: lambda name=name: run(name) for name in gpu_paths}, rounds, warmup, synchronize)
+    print(f"\nhost work of the whole train step on the GPU's code paths ({device}, medians of {rounds} interleaved "
+          "steps):\n")
+    print("| configuration | forward (backbone / encoder / decoder) (ms) | backward (ms) | clipping + optimizer (ms) "
+          "| step (ms) | working ATen ops |")
+    print("|---|---|---|---|---|---|")
+    # each configuration's first 2 + warmup steps: the optimizer's first step, the counted one, the warm-up rounds
+    medians = {name: {phase: 1000 * statistics.median(times[2 + warmup:]) for phase, times in seconds[name].items()}
+               for name in gpu_paths}
+    for name, ms in medians.items():
+        parts = " / ".join(f"{ms[part]:.2f}" for part in PartTimer.PARTS)
+        print(f"| {name} | {ms['forward']:.2f} ({parts}) | {ms['backward']:.2f} | {ms['optimizer']:.2f} | "
+              f"{sum(ms[phase] for phase in phases):.2f} | {ops[name]} |")
+    today, ours = (sum(medians[name][phase] for phase in phases) for name in gpu_paths)
+    print(f"\nspeed-up of the step's host work {today / ours:.2f}x; ours dispatches "
+          f"{ops['ours'] / ops['today']:.3f} of today's working ops\n")
+    torch.set_num_threads(threads)
+
+
 def saved_for_backward(model, pixel_values, labels) -> None:
     """MiB of the non-parameter tensors autograd saves for the backward of one training forward, per configuration."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -162,6 +256,7 @@ def main() -> None:
     print(hardware_line(device))
     if "host" in args.parts:
         fold_host_work(device, synchronize)
+        step_host_work(device, synchronize)
     torch.manual_seed(0)
     model = IntrForImageClassification(IntrConfig(num_labels=200)).to(device)
     labels = torch.arange(args.batch_size, device=device) % 200

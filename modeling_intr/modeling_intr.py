@@ -713,8 +713,9 @@ class IntrEncoder(IntrPreTrainedModel):
 class IntrDecoder(IntrPreTrainedModel):
     """
     The DETR decoder over one slot per class. Its target starts at zeros; the class queries are added to the
-    attention queries. Every layer's output goes through the shared final LayerNorm (the reference's intermediate
-    outputs): these are the recorded hidden states, and the last one is `last_hidden_state`.
+    attention queries. The last layer's output goes through the shared final LayerNorm into `last_hidden_state`; with
+    `output_hidden_states`, so does every layer's (the reference's intermediate outputs): these are the recorded
+    hidden states.
     """
 
     _can_record_outputs = {
@@ -738,10 +739,13 @@ class IntrDecoder(IntrPreTrainedModel):
         class_queries [b, num_labels, d]; encoder_hidden_states [b, h*w, d]; mask additive [b, 1, 1, h*w] or None
         (no padding).
         """
+        # the intermediate layers' outputs are normalized only to be recorded: nothing else reads them
+        records_every_layer = kwargs.get("output_hidden_states", self.config.output_hidden_states)
         hidden_states = torch.zeros_like(class_queries)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers, start=1):
             hidden_states = layer(hidden_states, class_queries, encoder_hidden_states, encoder_attention_mask, **kwargs)
-            normalized_states = self.layer_norm(hidden_states)  # [b, num_labels, d], recorded as a hidden state
+            if records_every_layer or index == len(self.layers):
+                normalized_states = self.layer_norm(hidden_states)  # [b, num_labels, d], recorded as a hidden state
         return BaseModelOutputWithCrossAttentions(last_hidden_state=normalized_states)
 
 

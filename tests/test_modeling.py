@@ -357,6 +357,24 @@ def test_hidden_states_and_presence_head():
     torch.testing.assert_close(from_last_layer, outputs.logits)
 
 
+def test_the_decoder_normalizes_intermediate_layers_only_for_hidden_states():
+    """The decoder's final LayerNorm gives `last_hidden_state` from the last layer; the other layers' outputs are
+    normalized only when hidden states are asked for (by argument or by the config), since nothing else reads them."""
+    model = tiny_model(decoder_layers=3)
+    pixel_values, _ = padded_batch([(64, 64)])
+    calls = []
+    model.model.decoder.layer_norm.register_forward_hook(lambda module, inputs, output: calls.append(output))
+    with torch.no_grad():
+        plain = model(pixel_values)
+        assert len(calls) == 1
+        recorded = model(pixel_values, output_hidden_states=True)
+        assert len(calls) == 1 + 3 and len(recorded.decoder_hidden_states) == 3
+        model.config.output_hidden_states = True
+        assert len(model(pixel_values).decoder_hidden_states) == 3 and len(calls) == 1 + 3 + 3
+    torch.testing.assert_close(plain.logits, recorded.logits, rtol=0, atol=0)
+    torch.testing.assert_close(plain.last_hidden_state, recorded.decoder_hidden_states[-1], rtol=0, atol=0)
+
+
 def test_each_logit_comes_from_its_own_query_alone():
     """With one decoder layer, class query c reaches no other slot: the first self-attention sees only the zero
     target (every value is v_proj(0), so its output is that bias whatever the attention pattern), hence changing query

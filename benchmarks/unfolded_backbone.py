@@ -18,6 +18,7 @@ before/after ratio comes from one process:
 
 import contextlib
 
+import torch
 from torch import nn
 
 import modeling_intr.modeling_intr as modeling
@@ -45,15 +46,17 @@ def _eager_only_when_asked(self, query, output_attentions):
 
 
 def _always_padded(checked_inputs):
-    def checked_inputs_always_padded(self, pixel_values, pixel_mask):
-        return *checked_inputs(self, pixel_values, pixel_mask)[:2], True
+    def checked_inputs_always_padded(self, pixel_values, pixel_mask):  # a full-size mask of ones without padding
+        pixel_values, pixel_mask = checked_inputs(self, pixel_values, pixel_mask)
+        if pixel_mask is None:
+            batch_size, _, height, width = pixel_values.shape
+            pixel_mask = torch.ones(batch_size, height, width, dtype=torch.long, device=pixel_values.device)
+        return pixel_values, pixel_mask
 
     return checked_inputs_always_padded
 
 
 def _channels_last_under_autocast_only(pixel_values):
-    import torch
-
     return torch.is_autocast_enabled(pixel_values.device.type)
 
 

@@ -9,7 +9,8 @@ Everything here is a plain function or a small callable, so it can be tested wit
   image checked once up front; unreadable ones are dropped with a logged count and names (or raise with `strict`).
 - `TrainAugmentation`: random horizontal flip, then either a random multi-scale resize or resize + random crop +
   multi-scale resize (the reference's `make_coco_transforms("train")`), or a square resize (`fixed_size`).
-- `ImageTransform` / `collate_images`: images to normalized tensors, batches padded bottom/right with a `pixel_mask`.
+- `ImageTransform` / `collate_images`: images to normalized tensors, batches padded bottom/right (with a `pixel_mask`
+  when some image is padded).
 
 Image decoding, mode conversion, the resize rule and padding are the image processor's (`image_processing_intr`);
 class folders, image extensions and dataset columns are `image_folders`'; nothing here re-implements them.
@@ -361,10 +362,14 @@ class ImageTransform:
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """`Trainer` data collator: `ImageTransform` outputs -> `pixel_values` padded bottom/right with a `pixel_mask`
-    (the processor's `pad_images`) and `labels`."""
+    """`Trainer` data collator: `ImageTransform` outputs -> `pixel_values` padded bottom/right (the processor's
+    `pad_images`), `labels`, and a `pixel_mask` only if some image is padded. The mask is checked here, on the CPU:
+    a batch without one costs the model no read of its mask on the host, which on a GPU would wait for the device to
+    finish the previous step (a fixed-size batch is never padded)."""
     pixel_values, pixel_mask = pad_images([example["pixel_values"] for example in examples])
     labels = torch.tensor([example["labels"] for example in examples], dtype=torch.long)
+    if bool(pixel_mask.all()):
+        return {"pixel_values": pixel_values, "labels": labels}
     return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "labels": labels}
 
 

@@ -313,6 +313,29 @@ def test_reference_defaults_and_parameter_groups(tmp_path):
     assert scheduler.get_last_lr() == pytest.approx([5e-6, 1e-6])  # epoch 80: x0.1
 
 
+def test_a_fixed_size_training_step_never_waits_for_the_device(tmp_path):
+    """On a GPU the host queues a step's kernels ahead of the device unless it reads a device value, which waits for
+    everything queued. The recipe's Trainer step reads none at a fixed size: batches are copied from pinned memory
+    without waiting (accelerate's non_blocking), the NaN filter that reads every step's loss is off (explicit
+    arguments override both), and the collator leaves the pixel mask out of a batch without padding (the model reads
+    a given mask on the host: see test_modeling)."""
+    base = ["--config_name", "c.json", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train"]
+    _, _, training_args = run_finetune.parse_arguments(base)
+    assert training_args.accelerator_config.non_blocking and training_args.dataloader_pin_memory
+    assert not training_args.logging_nan_inf_filter
+    _, _, training_args = run_finetune.parse_arguments(
+        base + ["--accelerator_config", json.dumps({"non_blocking": False}), "--logging_nan_inf_filter", "true"])
+    assert not training_args.accelerator_config.non_blocking and training_args.logging_nan_inf_filter
+
+    def example(height, label):
+        return {"pixel_values": torch.randn(3, height, 8), "labels": label}
+
+    fixed_size = collate_images([example(8, 0), example(8, 1)])
+    assert sorted(fixed_size) == ["labels", "pixel_values"]
+    padded = collate_images([example(8, 0), example(6, 1)])
+    assert padded["pixel_mask"].sum(dim=(1, 2)).tolist() == [64, 48] and not padded["pixel_mask"][1, 6:].any()
+
+
 def test_step_schedule_and_scheduler_type_are_exclusive(tmp_path):
     base = ["--config_name", "c", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train"]
     with pytest.raises(SystemExit):

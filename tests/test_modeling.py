@@ -322,6 +322,22 @@ def test_a_batch_without_padding_runs_every_attention_without_a_mask():
         assert [mask is not None for mask in masks] == [True, True, False, True, False, True]
 
 
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_only_a_given_pixel_mask_is_read_on_the_host(batch_invariant):
+    """A training step without a pixel_mask reads no tensor value on the host (on a GPU such a read waits for all the
+    queued work): it runs under FakeTensorMode, where tensors have no values and any read (`item`, `tolist`, `bool`)
+    raises. A given mask is read, for the check of images without a real pixel."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+    model = tiny_model(dropout=0.1, attention_dropout=0.1, batch_invariant=batch_invariant).train()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        pixel_values, labels = torch.empty(2, 3, 64, 64), torch.zeros(2, dtype=torch.long)
+        model(pixel_values, labels=labels).loss.backward()
+        assert model.presence_head.weight.grad.shape == model.presence_head.weight.shape
+        with pytest.raises(DataDependentOutputException):
+            model(pixel_values, torch.ones(2, 64, 64, dtype=torch.long))
+
+
 def test_tuple_outputs_follow_the_dataclass_order():
     model = tiny_model()
     pixel_values, _ = padded_batch([(64, 64)])

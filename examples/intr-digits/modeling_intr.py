@@ -310,14 +310,19 @@ class IntrConvEncoder(nn.Module):
             conv = block.layer[1].convolution
             conv.dilation, conv.padding = (2, 2), (2, 2)
 
-    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values [b, 3, H, W]; pixel_mask [b, H, W] with padding, None without -> [b, C, h, w], [b, h, w]."""
         if self.runs_channels_last(pixel_values):
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        if self.batch_invariant and not bool(pixel_mask.all()):
+        if pixel_mask is not None and self.batch_invariant:
             return self._forward_per_image(pixel_values, pixel_mask)
         feature_map = self.model(pixel_values).feature_maps[-1]  # [b, C, h, w]
+        if pixel_mask is None:
+            batch_size, _, height, width = feature_map.shape
+            return feature_map, torch.ones(batch_size, height, width, dtype=torch.bool, device=feature_map.device)
         feature_mask = nn.functional.interpolate(pixel_mask[None].float(), size=feature_map.shape[-2:])[0].bool()
-        return feature_map, feature_mask  # [b, C, h, w], [b, h, w]
+        return feature_map, feature_mask
 
     def _forward_per_image(self, pixel_values, pixel_mask):
         # Each image through the backbone on its own unpadded region (padding is bottom/right), so no padding value
@@ -774,16 +779,18 @@ class IntrModel(IntrPreTrainedModel):
                 Normalized images, cast to the model's dtype (a bfloat16 model takes the processor's float32 tensors).
             pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
                 1 for real pixels, 0 for padding (as returned by `IntrImageProcessor`). Defaults to all ones. Every
-                image needs at least one real pixel.
+                image needs at least one real pixel. A given mask is checked on the host, which on a GPU waits for
+                the device's queued work: leave it out of batches with no padding (training at a fixed size) to keep
+                the host ahead of the GPU.
             kwargs: `output_attentions`, `output_hidden_states` and the other `TransformersKwargs`, passed on to the
                 encoder and decoder.
         """
-        pixel_values, pixel_mask, padded = self._checked_inputs(pixel_values, pixel_mask)
+        pixel_values, pixel_mask = self._checked_inputs(pixel_values, pixel_mask)  # mask None: nothing padded
         feature_map, feature_mask = self.backbone(pixel_values, pixel_mask)  # [b, C, h, w], [b, h, w]
         features = self.input_projection(feature_map).flatten(2).transpose(1, 2)  # [b, h*w, d]
         position_embeddings = self.position_embedding(feature_mask).to(features.dtype)  # [b, h*w, d]
         # [b, 1, 1, h*w] for every attention over the memory; none without padding (sdpa's fastest kernels)
-        attention_mask = _additive_key_mask(feature_mask, features.dtype) if padded else None
+        attention_mask = None if pixel_mask is None else _additive_key_mask(feature_mask, features.dtype)
         encoder_outputs = self.encoder(features, position_embeddings, attention_mask, return_dict=True, **kwargs)
         class_queries = self.class_queries.weight[None].expand(features.shape[0], -1, -1)  # [b, num_labels, d]
         memory = encoder_outputs.last_hidden_state  # [b, h*w, d]
@@ -801,8 +808,8 @@ class IntrModel(IntrPreTrainedModel):
 
     def _checked_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None):
         """
-        pixel_values in the model's dtype, a pixel mask, and whether any pixel is padding; a clear ValueError for
-        inputs the model cannot use.
+        pixel_values in the model's dtype and the pixel mask, None when no pixel is padding; a clear ValueError for
+        inputs the model cannot use. Only a given mask is read on the host (on a GPU, a device sync).
         """
         num_channels = self.config.backbone_config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
@@ -812,8 +819,7 @@ class IntrModel(IntrPreTrainedModel):
         pixel_values = pixel_values.to(self.input_projection.weight.dtype)  # as ViT: a bf16 model takes float32 input
         batch_size, _, height, width = pixel_values.shape
         if pixel_mask is None:
-            all_real = torch.ones(batch_size, height, width, dtype=torch.long, device=pixel_values.device)
-            return pixel_values, all_real, False
+            return pixel_values, None
         if tuple(pixel_mask.shape) != (batch_size, height, width):
             raise ValueError(f"pixel_mask must have shape [batch, height, width] = {(batch_size, height, width)} to "
                              f"match pixel_values, got {tuple(pixel_mask.shape)}.")
@@ -823,7 +829,7 @@ class IntrModel(IntrPreTrainedModel):
             raise ValueError(f"pixel_mask marks no real pixel for image(s) {empty} of the batch (index from 0): an "
                              "all-padding image cannot be classified. Pass a mask with 1 on each image's real pixels, "
                              "as IntrImageProcessor does.")
-        return pixel_values, pixel_mask, min(real_pixels) < height * width
+        return pixel_values, pixel_mask if min(real_pixels) < height * width else None
 
 
 class IntrForImageClassification(IntrPreTrainedModel):

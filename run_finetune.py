@@ -147,8 +147,8 @@ class IntrTrainingArguments(TrainingArguments):
     def __post_init__(self):
         # Batches go to the GPU from pinned memory without the host waiting for the copy (accelerate's non_blocking),
         # so with the collator's mask-free fixed-size batches and no NaN filter a training step never waits for the
-        # device. An explicit --accelerator_config replaces this default.
-        if self.accelerator_config is None:
+        # device. An explicit --accelerator_config replaces this default; without pinned memory it would not apply.
+        if self.accelerator_config is None and self.dataloader_pin_memory:
             self.accelerator_config = {"non_blocking": True}
         super().__post_init__()
 

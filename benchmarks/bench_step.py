@@ -27,10 +27,16 @@ random pixels, at the recipe's batch (12):
   it needs no GPU;
 - the tensors autograd saves for the backward of one 448 training forward, per configuration (MiB, parameters
   excluded, each storage counted once): the activation memory a step holds at its peak, on any device;
+- the FLOPs of the convolutions and matmuls of one 448 training forward + backward per image: the arithmetic no
+  configuration can remove, which sets a floor under a GPU's kernel time;
+- the 448 float32 train step back to back: blocks of `--steps` steps with no synchronisation between the steps, as
+  a training loop runs them at a fixed size (nothing read on the host), so that on a GPU the host queues the next
+  step while the device finishes this one: where the per-step medians above add the host's and the device's
+  unhidden work, this gives the larger of the two;
 - with `--compile`, the 448 float32 train step of `torch.compile(model)` against eager `ours`, interleaved, with the
   first step (compilation included) reported on its own.
 
-`--parts` picks among `host`, `attentions`, `saved`, `train` (all by default):
+`--parts` picks among `host`, `attentions`, `saved`, `flops`, `train` (all by default):
 
     python benchmarks/bench_step.py --device cuda
     python benchmarks/bench_step.py --device cpu --steps 2                         # seconds per step on a CPU
@@ -55,6 +61,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_forward import PartTimer, configuration, hardware_line, padded_batch, tensors_saved_for_backward  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from transformers import ResNetConfig  # noqa: E402
 from unfolded_backbone import unfolded_backbone  # noqa: E402
 
@@ -241,14 +248,27 @@ def saved_for_backward(model, pixel_values, labels) -> None:
         print(f"saved for the backward, {tuple(pixel_values.shape)} float32, {name}: {activations / 2**20:.1f} MiB")
 
 
+def step_flops(model, device: str) -> None:
+    """The matmul and convolution FLOPs of one 448 training forward + backward (`FlopCounterMode`), per image."""
+    pixel_values, labels = torch.randn(1, 3, 448, 448, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=pixel_values, labels=labels).loss.backward()
+    model.zero_grad(set_to_none=True)
+    gflops = {str(op).removeprefix("aten."): count / 1e9 for op, count in counter.get_flop_counts()["Global"].items()}
+    convolutions = gflops.pop("convolution", 0) + gflops.pop("convolution_backward", 0)
+    print(f"FLOPs of one 448 training forward + backward per image (the same for every configuration): "
+          f"convolutions {convolutions:.1f} GFLOP, matmuls {sum(gflops.values()):.1f} GFLOP ("
+          + ", ".join(f"{op} {count:.1f}" for op, count in gflops.items()) + ")")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--steps", type=int, default=12, help="timed train steps per configuration and input")
     parser.add_argument("--forwards", type=int, default=40, help="timed batch-1 forwards per output_attentions value")
-    parser.add_argument("--parts", nargs="+", default=["host", "attentions", "saved", "train"],
-                        choices=["host", "attentions", "saved", "train"])
+    parser.add_argument("--parts", nargs="+", default=["host", "attentions", "saved", "flops", "train"],
+                        choices=["host", "attentions", "saved", "flops", "train"])
     parser.add_argument("--compile", action="store_true", help="with train: also the torch.compile'd 448 step")
     args = parser.parse_args()
     device, cuda = args.device, args.device == "cuda"
@@ -278,6 +298,8 @@ def main() -> None:
     model.train()
     if "saved" in args.parts:
         saved_for_backward(model, torch.randn(args.batch_size, 3, 448, 448, device=device), labels)
+    if "flops" in args.parts:
+        step_flops(model, device)
     if "train" not in args.parts:
         return
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -318,6 +340,22 @@ def main() -> None:
                 median = statistics.median(seconds)
                 peak = f"{peaks[name]:.0f}" if cuda else "-"
                 print(f"| {input_name} | {precision} | {name} | {1000 * median:.1f} | {peak} | {today / median:.2f}x |")
+
+    # A training loop reads nothing on the host at a fixed size (no mask, see `collate_images`): the host queues the
+    # next step's kernels while the device still runs this one's. Blocks of steps with no synchronisation between them
+    pixels, _ = inputs["448 fixed"]
+
+    def back_to_back(name):
+        with CONFIGURATIONS[name]():
+            for _ in range(args.steps):
+                step(pixels, None, False)
+
+    blocks = interleaved({name: lambda name=name: back_to_back(name) for name in ("today", "ours")}, 5, 1,
+                         synchronize)
+    today, ours = (1000 * statistics.median(blocks[name]) / args.steps for name in ("today", "ours"))
+    print(f"\n448 fixed float32, blocks of {args.steps} step(s) back to back (no synchronisation between them; "
+          f"medians of 5 interleaved blocks): today {today:.1f} ms / step, ours {ours:.1f} ms / step: "
+          f"{today / ours:.2f}x")
 
     if args.compile:  # its warm-up covers the second step's recompilation (the loss sets config.problem_type)
         pixels, _ = inputs["448 fixed"]

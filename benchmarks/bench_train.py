@@ -30,6 +30,15 @@ and, outside the timed step, the data (the next batch's decoding, augmentation a
 0). The boundaries are hooks on the backbone's output and the Trainer's `_clip_grad_norm`; on GPU the phases are
 host-side times (kernels run asynchronously) and only their sum is exact: the step starts and ends with a device
 synchronisation.
+
+`--throughput` times what a training run gets instead: no synchronisation between the timed steps (at a fixed size
+the step reads nothing on the host, so on a GPU the host queues the next step while the device finishes this one),
+one at the start of the first and one at the end of the last, data loading included (use `--dataloader_workers` to
+take it off the main process); no phases. `today` then also gets the Trainer's defaults before issue 11 (the NaN
+filter, blocking copies, a pixel mask with every batch: `today_finetune_args`, `today_collate_images`):
+
+    python benchmarks/bench_train.py --device cuda --processes 1 --precisions fp32 --inputs 448 --batch_size 12 \
+        --steps 40 --warmup_steps 5 --throughput --dataloader_workers 4
 """
 
 import argparse
@@ -71,12 +80,29 @@ PHASES = ("backbone fwd", "transformer fwd", "transformer bwd", "backbone bwd", 
 
 def today_finetune_args() -> list[str]:
     """
-    The training options of the code before issue 11 where `run_finetune.py` now sets its own: the optimizer was
-    transformers' default (`adamw_torch_fused` with torch >= 2.8, the for-loop `adamw_torch` on CPU before).
+    The training options of the code before issue 11 where `run_finetune.py` now sets its own, transformers' defaults:
+    the optimizer (`adamw_torch_fused` with torch >= 2.8, the for-loop `adamw_torch` on CPU before), the NaN filter that
+    reads every step's loss on the host, and blocking copies of the batches to the device.
     """
     from transformers import TrainingArguments
 
-    return ["--optim", str(TrainingArguments.__dataclass_fields__["optim"].default)]
+    defaults = TrainingArguments.__dataclass_fields__
+    return ["--optim", str(defaults["optim"].default),
+            "--logging_nan_inf_filter", str(defaults["logging_nan_inf_filter"].default),
+            "--accelerator_config", json.dumps({"non_blocking": False})]
+
+
+def today_collate_images(examples: list[dict]) -> dict:
+    """The collator before issue 11: a pixel mask with every batch, all ones at a fixed size (which the model reads)."""
+    import torch
+
+    from modeling_intr.data import collate_images
+
+    batch = collate_images(examples)
+    if "pixel_mask" not in batch:
+        pixel_values = batch["pixel_values"]
+        batch["pixel_mask"] = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long)
+    return batch
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -91,7 +117,7 @@ def worker(args: argparse.Namespace) -> None:
         """Each optimizer step's wall time and its phases (see the module docstring)."""
 
         def __init__(self):
-            self.times, self.phases, self.marks, self.last_end = [], [], {}, None
+            self.times, self.phases, self.marks, self.run_start, self.last_end = [], [], {}, None, None
 
         def mark(self, name):
             self.marks[name] = time.perf_counter()
@@ -109,15 +135,19 @@ def worker(args: argparse.Namespace) -> None:
             model.register_forward_hook(lambda module, inputs, outputs: self.mark("forward"))
 
         def on_step_begin(self, args, state, control, **kwargs):
-            synchronize()
+            if not options.throughput or state.global_step == options.warmup_steps:
+                synchronize()
             self.marks = {"start": time.perf_counter()}
+            if state.global_step == options.warmup_steps:
+                self.run_start = self.marks["start"]
 
         def on_step_end(self, args, state, control, **kwargs):
-            synchronize()
+            if not options.throughput or state.global_step == options.warmup_steps + options.steps:
+                synchronize()
             end = time.perf_counter()
             self.times.append(end - self.marks["start"])
             m = self.marks
-            if compiled:
+            if compiled or options.throughput:  # (with --throughput the marks are the host's alone)
                 self.phases.append(dict.fromkeys(PHASES, float("nan")))
                 self.last_end = end
                 return
@@ -129,7 +159,7 @@ def worker(args: argparse.Namespace) -> None:
             })
             self.last_end = end
 
-    compiled = args.backbone == "compiled"
+    compiled, options = args.backbone == "compiled", args
     # the step's kernels finish inside its time, not during the next batch's loading
     synchronize = torch.cuda.synchronize if args.device == "cuda" else lambda: None
     timer = StepTimer()
@@ -148,7 +178,10 @@ def worker(args: argparse.Namespace) -> None:
             "--dataset_name", "bench", "--output_dir", str(args.work / "out"), "--overwrite_output_dir", "--do_train",
             "--max_steps", str(args.warmup_steps + args.steps), "--per_device_train_batch_size", str(args.batch_size),
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--log_level", "error",
-            "--log_level_replica", "error", "--dataloader_pin_memory", "false", "--dataloader_drop_last", "true"]
+            "--log_level_replica", "error", "--dataloader_drop_last", "true",
+            "--dataloader_num_workers", str(args.dataloader_workers)]
+    if not args.throughput:  # (pinned memory is what lets the copies to a GPU not wait: run_finetune's default)
+        argv += ["--dataloader_pin_memory", "false"]
     if args.fixed_size:
         argv += ["--fixed_size", str(args.fixed_size)]
     if args.bf16:
@@ -160,8 +193,13 @@ def worker(args: argparse.Namespace) -> None:
     if compiled:
         argv += ["--torch_compile"]
     with unfolded_backbone() if args.backbone == "today" else contextlib.nullcontext():
+        if args.backbone == "today":
+            run_finetune.collate_images = today_collate_images
         run_finetune.main(argv, callbacks=[timer])
-    step_time = float(np.mean(timer.times[args.warmup_steps:]))
+    if args.throughput:  # from the first timed step's start to the last one's end, data included
+        step_time = (timer.last_end - timer.run_start) / args.steps
+    else:
+        step_time = float(np.mean(timer.times[args.warmup_steps:]))
     timed = timer.phases[args.warmup_steps:]
     phases = {name: float(np.nanmean([p[name] for p in timed])) for name in PHASES}  # data: none before step 1
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -178,7 +216,8 @@ def run_setting(work: Path, processes: int, fixed_size: int | None, bf16: bool, 
                 options: argparse.Namespace) -> dict:
     script = [str(Path(__file__).resolve()), "--worker", "--work", str(work), "--device", options.device,
               "--steps", str(options.steps), "--warmup_steps", str(options.warmup_steps),
-              "--batch_size", str(options.batch_size), "--backbone", backbone]
+              "--batch_size", str(options.batch_size), "--backbone", backbone,
+              "--dataloader_workers", str(options.dataloader_workers)] + ["--throughput"] * options.throughput
     script += ["--fixed_size", str(fixed_size)] * (fixed_size is not None) + ["--bf16"] * bf16
     if processes == 1:
         command = [sys.executable, *script]
@@ -210,6 +249,9 @@ def main():
     parser.add_argument("--inputs", nargs="+", default=["448", "multi-scale"], choices=["448", "multi-scale"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; each setting keeps its best")
+    parser.add_argument("--throughput", action="store_true",
+                        help="no synchronisation between the timed steps: wall time of them all, data included")
+    parser.add_argument("--dataloader_workers", type=int, default=0, help="run_finetune's --dataloader_num_workers")
     parser.add_argument("--backbone", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -239,8 +281,11 @@ def main():
                 print(f"done: {setting} {result}", file=sys.stderr, flush=True)
     memory = "peak RSS / process (GiB)" if args.device == "cpu" else "peak GPU memory (GiB)"
     print(hardware_line(args.device))
-    print(f"\nINTR ResNet-50, 200 classes, batch {args.batch_size} per device, {args.device}, "
-          f"mean of {args.steps} steps after {args.warmup_steps} warm-up, best of {args.rounds} round(s)\n")
+    timing = (f"{args.steps} steps back to back (data included)" if args.throughput else
+              f"mean of {args.steps} synchronised steps")
+    print(f"\nINTR ResNet-50, 200 classes, batch {args.batch_size} per device, {args.device}, {timing} after "
+          f"{args.warmup_steps} warm-up, {args.dataloader_workers} data loader worker(s), best of {args.rounds} "
+          "round(s)\n")
     print(f"| processes | input | precision | backbone | s / step | images / s | {memory} | speed-up vs today |")
     print("|---|---|---|---|---|---|---|---|")
     def row_start(setting) -> str:
@@ -253,11 +298,12 @@ def main():
         speed_up = f"{today['step_s'] / result['step_s']:.2f}x" if today else "-"
         print(row_start(setting) + f"{result['step_s']:.3f} | {result['images_per_s']:.2f} | "
               f"{result['peak_gib']:.3f} | {speed_up} |")  # (a GPU step is tens of ms)
-    print("\nWhere the step goes (s, mean of the timed steps of the run above; data: outside the timed step):\n")
-    print("| processes | input | precision | backbone | " + " | ".join(PHASES) + " |")
-    print("|---|---|---|---|" + "---|" * len(PHASES))
-    for setting in settings:
-        print(row_start(setting) + " | ".join(f"{best[setting]['phases'][name]:.3f}" for name in PHASES) + " |")
+    if not args.throughput:
+        print("\nWhere the step goes (s, mean of the timed steps of the run above; data: outside the timed step):\n")
+        print("| processes | input | precision | backbone | " + " | ".join(PHASES) + " |")
+        print("|---|---|---|---|" + "---|" * len(PHASES))
+        for setting in settings:
+            print(row_start(setting) + " | ".join(f"{best[setting]['phases'][name]:.3f}" for name in PHASES) + " |")
     for setting in settings:
         if setting[3] == "compiled":
             print(f"compiled {setting[:3]}: first step (compilation included) {best[setting]['first_step_s']:.1f} s")

@@ -326,6 +326,8 @@ def test_a_fixed_size_training_step_never_waits_for_the_device(tmp_path):
     _, _, training_args = run_finetune.parse_arguments(
         base + ["--accelerator_config", json.dumps({"non_blocking": False}), "--logging_nan_inf_filter", "true"])
     assert not training_args.accelerator_config.non_blocking and training_args.logging_nan_inf_filter
+    _, _, training_args = run_finetune.parse_arguments(base + ["--dataloader_pin_memory", "false"])
+    assert not training_args.accelerator_config.non_blocking  # a copy from pageable memory blocks anyway
 
     def example(height, label):
         return {"pixel_values": torch.randn(3, height, 8), "labels": label}

@@ -9,11 +9,14 @@ before/after ratio comes from one process:
 - `fast_dropout=False`: torch's dropout everywhere, and sdpa's own dropout in the attention (in training on the CPU
   the model now runs eager attention with its faster mask, `modeling_intr.modeling_intr._dropout`);
 - `unmasked_without_padding=False`: the additive key mask on every attention over the memory, all zeros when no
-  pixel is padded (the model now passes no mask then);
+  pixel is padded, from a full-size mask of ones when none is given (the model now passes no mask then, and makes
+  the feature mask at feature size);
 - `dropout_before_relu=False`: the feed-forward block as the reference orders it, fc1 -> ReLU -> dropout -> fc2
   (the model now drops first and applies the ReLU in place, keeping one activation fewer for the backward).
 
-`unfolded_backbone()` with every switch off is the code before issue 11: the reference-equivalent baseline.
+`unfolded_backbone()` with every switch off is the code before issue 11: the reference-equivalent baseline, with
+one exception in its favour: no switch brings back the decoder's final LayerNorm on every layer's output (5 of the
+~1500 ops of a train step; see the README's "the decoder's final LayerNorm only where it is read").
 """
 
 import contextlib

@@ -147,10 +147,12 @@ class IntrTrainingArguments(TrainingArguments):
     def __post_init__(self):
         # Batches go to the GPU from pinned memory without the host waiting for the copy (accelerate's non_blocking),
         # so with the collator's mask-free fixed-size batches and no NaN filter a training step never waits for the
-        # device. An explicit --accelerator_config replaces this default; without pinned memory it would not apply.
-        if self.accelerator_config is None and self.dataloader_pin_memory:
-            self.accelerator_config = {"non_blocking": True}
+        # device. An explicit --accelerator_config replaces this default; without pinned memory (turned off by the
+        # user or by --use_cpu) there is nothing to copy without waiting.
+        default_accelerator_config = self.accelerator_config is None
         super().__post_init__()
+        if default_accelerator_config and self.dataloader_pin_memory:
+            self.accelerator_config.non_blocking = True
 
 
 class IntrTrainer(Trainer):

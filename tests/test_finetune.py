@@ -326,8 +326,9 @@ def test_a_fixed_size_training_step_never_waits_for_the_device(tmp_path):
     _, _, training_args = run_finetune.parse_arguments(
         base + ["--accelerator_config", json.dumps({"non_blocking": False}), "--logging_nan_inf_filter", "true"])
     assert not training_args.accelerator_config.non_blocking and training_args.logging_nan_inf_filter
-    _, _, training_args = run_finetune.parse_arguments(base + ["--dataloader_pin_memory", "false"])
-    assert not training_args.accelerator_config.non_blocking  # a copy from pageable memory blocks anyway
+    for no_pinned_memory in (["--dataloader_pin_memory", "false"], ["--use_cpu"]):
+        _, _, training_args = run_finetune.parse_arguments(base + no_pinned_memory)
+        assert not training_args.accelerator_config.non_blocking  # a copy from pageable memory blocks anyway
 
     def example(height, label):
         return {"pixel_values": torch.randn(3, height, 8), "labels": label}
@@ -336,6 +337,52 @@ def test_a_fixed_size_training_step_never_waits_for_the_device(tmp_path):
     assert sorted(fixed_size) == ["labels", "pixel_values"]
     padded = collate_images([example(8, 0), example(6, 1)])
     assert padded["pixel_mask"].sum(dim=(1, 2)).tolist() == [64, 48] and not padded["pixel_mask"][1, 6:].any()
+
+
+@pytest.mark.parametrize("nan_filter", [False, True])
+def test_the_trainer_step_reads_no_tensor_value_on_the_host(tmp_path, nan_filter):
+    """Through the IntrTrainer, from each step's begin to its end (forward, backward, clipping, optimizer), nothing
+    turns a tensor into a Python value (`item`, `bool`: the ATen op `_local_scalar_dense`), which on a GPU waits for
+    the device. transformers' NaN filter, turned back on, reads the loss at every step. (A host read of a CPU tensor
+    by `tolist` dispatches no op: the model's own reads are tested under FakeTensorMode in test_modeling.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import TrainerCallback
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func.overloadpacket.__name__ == "_local_scalar_dense"
+            return func(*args, **(kwargs or {}))
+
+    class ReadsPerStep(TrainerCallback):
+        def __init__(self):
+            self.mode, self.counts = HostReads(), []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.mode.count = 0
+            self.mode.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.mode.__exit__(None, None, None)
+            self.counts.append(self.mode.count)
+
+    config = IntrConfig(backbone_config=ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[8, 16, 32],
+                                                     embedding_size=8, out_features=["stage3"]),
+                        d_model=32, num_attention_heads=4, encoder_layers=1, decoder_layers=1, ffn_dim=64,
+                        num_labels=3)
+    _, _, training_args = run_finetune.parse_arguments(
+        ["--config_name", "c.json", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train", "--use_cpu",
+         "--max_steps", "3", "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+         "--logging_steps", "100", "--disable_tqdm", "true", "--logging_nan_inf_filter", str(nan_filter)])
+    dataset = [{"pixel_values": torch.randn(3, 32, 32), "labels": index % 3} for index in range(6)]
+    reads = ReadsPerStep()
+    run_finetune.IntrTrainer(model=IntrForImageClassification(config), args=training_args, train_dataset=dataset,
+                             data_collator=collate_images, backbone_learning_rate=1e-5, lr_drop=80,
+                             callbacks=[reads]).train()
+    assert all(count > 0 for count in reads.counts) if nan_filter else reads.counts == [0, 0, 0]
 
 
 def test_step_schedule_and_scheduler_type_are_exclusive(tmp_path):

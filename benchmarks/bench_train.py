@@ -159,7 +159,7 @@ def worker(args: argparse.Namespace) -> None:
             })
             self.last_end = end
 
-    compiled, options = args.backbone == "compiled", args
+    compiled, options = args.backbone == "compiled", args  # (in the callbacks, `args` are the TrainingArguments)
     # the step's kernels finish inside its time, not during the next batch's loading
     synchronize = torch.cuda.synchronize if args.device == "cuda" else lambda: None
     timer = StepTimer()

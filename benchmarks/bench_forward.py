@@ -27,6 +27,7 @@ dispatch; all three are read at start-up).
 """
 
 import argparse
+import collections
 import contextlib
 import copy
 import os
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +79,25 @@ def tensors_saved_for_backward():
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         yield saved
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self, counts: collections.Counter):
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def dispatched_ops():
+    """Within the block, the ATen ops dispatched, counted by name (`"convolution"`, `"_local_scalar_dense"`, ...) in
+    the `collections.Counter` this yields."""
+    counts = collections.Counter()
+    with _OpCounter(counts):
+        yield counts
 
 
 def hardware_line(device: str) -> str:

@@ -19,7 +19,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ResNetConfig
 
-from conftest import FIXTURES, REPO, clean_subprocess_env
+from benchmarks.bench_forward import dispatched_ops
+from conftest import FIXTURES, REPO, clean_subprocess_env, tiny_config
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -284,10 +285,7 @@ def test_reference_defaults_and_parameter_groups(tmp_path):
     assert (training_args.per_device_train_batch_size, training_args.seed) == (12, 42)
     assert model_args.lr_drop == 80 and data_args.fixed_size is None and not training_args.remove_unused_columns
 
-    config = IntrConfig(backbone_config=ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[8, 16, 32],
-                                                     embedding_size=8, out_features=["stage3"]),
-                        d_model=32, num_attention_heads=4, encoder_layers=1, decoder_layers=1, ffn_dim=64,
-                        num_labels=3)  # frozen stem + stage1, as the reference
+    config = tiny_config(encoder_layers=1, decoder_layers=1, num_labels=3)  # frozen stem + stage1, as the reference
     model = IntrForImageClassification(config)
     dataset = [{"pixel_values": torch.zeros(3, 32, 32), "labels": 0}] * 24
     trainer = run_finetune.IntrTrainer(model=model, args=training_args, train_dataset=dataset,
@@ -345,34 +343,21 @@ def test_the_trainer_step_reads_no_tensor_value_on_the_host(tmp_path, nan_filter
     turns a tensor into a Python value (`item`, `bool`: the ATen op `_local_scalar_dense`), which on a GPU waits for
     the device. transformers' NaN filter, turned back on, reads the loss at every step. (A host read of a CPU tensor
     by `tolist` dispatches no op: the model's own reads are tested under FakeTensorMode in test_modeling.)"""
-    from torch.utils._python_dispatch import TorchDispatchMode
     from transformers import TrainerCallback
-
-    class HostReads(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.count += func.overloadpacket.__name__ == "_local_scalar_dense"
-            return func(*args, **(kwargs or {}))
 
     class ReadsPerStep(TrainerCallback):
         def __init__(self):
-            self.mode, self.counts = HostReads(), []
+            self.counts = []
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.mode.count = 0
-            self.mode.__enter__()
+            self.counting = dispatched_ops()
+            self.ops = self.counting.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.mode.__exit__(None, None, None)
-            self.counts.append(self.mode.count)
+            self.counting.__exit__(None, None, None)
+            self.counts.append(self.ops["_local_scalar_dense"])
 
-    config = IntrConfig(backbone_config=ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[8, 16, 32],
-                                                     embedding_size=8, out_features=["stage3"]),
-                        d_model=32, num_attention_heads=4, encoder_layers=1, decoder_layers=1, ffn_dim=64,
-                        num_labels=3)
+    config = tiny_config(encoder_layers=1, decoder_layers=1, num_labels=3)
     _, _, training_args = run_finetune.parse_arguments(
         ["--config_name", "c.json", "--dataset_name", "d", "--output_dir", str(tmp_path), "--do_train", "--use_cpu",
          "--max_steps", "3", "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
@@ -509,8 +494,6 @@ def test_folder_layout_errors_before_training(tmp_path):
 
 
 def test_label_mismatch_is_an_error_unless_queries_are_reinitialised(tmp_path, monkeypatch):
-    from conftest import tiny_config
-
     model = IntrForImageClassification(tiny_config(num_labels=3, id2label={0: "cat", 1: "dog", 2: "eel"},
                                                    label2id={"cat": 0, "dog": 1, "eel": 2}))
     model.save_pretrained(tmp_path / "model")
@@ -626,8 +609,6 @@ def two_class_folder(root: Path, splits=("train", "val"), classes=("a", "b")) ->
 
 
 def intr_folder(path: Path, labels=("a", "b")) -> Path:
-    from conftest import tiny_config
-
     id2label = dict(enumerate(labels))
     IntrForImageClassification(tiny_config(num_labels=len(labels), id2label=id2label,
                                            label2id={v: k for k, v in id2label.items()})).save_pretrained(path)

@@ -233,6 +233,18 @@ class IntrResNetBlock(nn.Module):
         return last_layer(hidden_states, residual)
 
 
+def _breaks_channels_last_training_on_cpu(module: nn.Module) -> bool:
+    """
+    A 1x1 strided convolution with fewer than 16 input channels per group. Over channels-last input, oneDNN (torch's
+    CPU convolutions) computes its weight gradient past the end of a workspace when the input channels do not fill one
+    register block (8 channels with AVX2, 16 with AVX-512): the process crashes or hangs, or the gradient comes out
+    wrong, depending on the CPU and the sizes (https://github.com/uxlfoundation/oneDNN/issues/6035). NCHW input takes
+    another oneDNN path, unaffected. ResNets of the usual widths (64 channels and up) have no such convolution.
+    """
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+            and module.in_channels // module.groups < 16)
+
+
 def _freeze_batch_norms(module: nn.Module) -> None:
     """
     Every BatchNorm2d becomes an [`IntrFrozenBatchNorm2d`] (same values). In a transformers ResNet every convolution
@@ -278,16 +290,25 @@ class IntrConvEncoder(nn.Module):
                 parameter.requires_grad_(False)
         self.num_channels = self.model.channels[-1]
         self.batch_invariant = config.batch_invariant
+        # (after the dilation, which changes strides)
+        self._convolutions_unsafe_channels_last_on_cpu = [
+            module for module in self.model.modules() if _breaks_channels_last_training_on_cpu(module)
+        ]
 
-    @staticmethod
-    def runs_channels_last(pixel_values: torch.Tensor) -> bool:
+    def runs_channels_last(self, pixel_values: torch.Tensor) -> bool:
         """
         The backbone's layout (measured in `benchmarks/bench_forward.py`): channels-last on CPU and CUDA in every dtype
         (oneDNN convolutions and the max-pool then need no reorder of the activations; on an H200 float32 batch 1 is
         level and a padded batch of 4 1.17x faster; float32 results stay within float32 noise of the float64 truth),
-        and under autocast on any device (tensor cores). Other devices keep NCHW (not measured).
+        and under autocast on any device (tensor cores). Other devices keep NCHW (not measured). Exception: on the CPU
+        a backbone trains in NCHW while a gradient can reach a convolution whose weight gradient oneDNN gets wrong over
+        channels-last input (`_breaks_channels_last_training_on_cpu`).
         """
         device = pixel_values.device.type
+        if device == "cpu" and torch.is_grad_enabled() and any(
+            conv.weight.requires_grad for conv in self._convolutions_unsafe_channels_last_on_cpu
+        ):
+            return False
         return device in ("cpu", "cuda") or torch.is_autocast_enabled(device)
 
     @staticmethod

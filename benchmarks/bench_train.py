@@ -34,7 +34,8 @@ synchronisation.
 `--throughput` times what a training run gets instead: no synchronisation between the timed steps (at a fixed size
 the step reads nothing on the host, so on a GPU the host queues the next step while the device finishes this one),
 one at the start of the first and one at the end of the last, data loading included (use `--dataloader_workers` to
-take it off the main process); no phases. `today` then also gets the Trainer's defaults before issue 11 (the NaN
+take it off the main process). Its phases are then the host's own time in each (the same boundaries): where they add
+up to the step time, the host sets the pace and the device waits. `today` then also gets the Trainer's defaults before issue 11 (the NaN
 filter, blocking copies, a pixel mask with every batch: `today_finetune_args`, `today_collate_images`):
 
     python benchmarks/bench_train.py --device cuda --processes 1 --precisions fp32 --inputs 448 --batch_size 12 \
@@ -147,7 +148,7 @@ def worker(args: argparse.Namespace) -> None:
             end = time.perf_counter()
             self.times.append(end - self.marks["start"])
             m = self.marks
-            if compiled or options.throughput:  # (with --throughput the marks are the host's alone)
+            if compiled:
                 self.phases.append(dict.fromkeys(PHASES, float("nan")))
                 self.last_end = end
                 return
@@ -298,12 +299,15 @@ def main():
         speed_up = f"{today['step_s'] / result['step_s']:.2f}x" if today else "-"
         print(row_start(setting) + f"{result['step_s']:.3f} | {result['images_per_s']:.2f} | "
               f"{result['peak_gib']:.3f} | {speed_up} |")  # (a GPU step is tens of ms)
-    if not args.throughput:
+    if args.throughput:  # nothing waits for the device: each phase is the main process's own time in it
+        print("\nThe host's time per phase (s, mean of the timed steps; data: between the steps). Where they "
+              "add up to the step, the host sets the pace:\n")
+    else:
         print("\nWhere the step goes (s, mean of the timed steps of the run above; data: outside the timed step):\n")
-        print("| processes | input | precision | backbone | " + " | ".join(PHASES) + " |")
-        print("|---|---|---|---|" + "---|" * len(PHASES))
-        for setting in settings:
-            print(row_start(setting) + " | ".join(f"{best[setting]['phases'][name]:.3f}" for name in PHASES) + " |")
+    print("| processes | input | precision | backbone | " + " | ".join(PHASES) + " |")
+    print("|---|---|---|---|" + "---|" * len(PHASES))
+    for setting in settings:
+        print(row_start(setting) + " | ".join(f"{best[setting]['phases'][name]:.3f}" for name in PHASES) + " |")
     for setting in settings:
         if setting[3] == "compiled":
             print(f"compiled {setting[:3]}: first step (compilation included) {best[setting]['first_step_s']:.1f} s")

@@ -35,8 +35,9 @@ synchronisation.
 the step reads nothing on the host, so on a GPU the host queues the next step while the device finishes this one),
 one at the start of the first and one at the end of the last, data loading included (use `--dataloader_workers` to
 take it off the main process). Its phases are then the host's own time in each (the same boundaries): where they add
-up to the step time, the host sets the pace and the device waits. `today` then also gets the Trainer's defaults before issue 11 (the NaN
-filter, blocking copies, a pixel mask with every batch: `today_finetune_args`, `today_collate_images`):
+up to the step time, the host sets the pace and the device waits. `today` then also gets the Trainer's defaults
+before issue 11 (the NaN filter, blocking copies, a pixel mask with every batch: `today_finetune_args`,
+`today_collate_images`):
 
     python benchmarks/bench_train.py --device cuda --processes 1 --precisions fp32 --inputs 448 --batch_size 12 \
         --steps 40 --warmup_steps 5 --throughput --dataloader_workers 4

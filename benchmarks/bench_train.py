@@ -300,7 +300,7 @@ def main():
         speed_up = f"{today['step_s'] / result['step_s']:.2f}x" if today else "-"
         print(row_start(setting) + f"{result['step_s']:.3f} | {result['images_per_s']:.2f} | "
               f"{result['peak_gib']:.3f} | {speed_up} |")  # (a GPU step is tens of ms)
-    if args.throughput:  # nothing waits for the device: each phase is the main process's own time in it
+    if args.throughput:  # nothing waits for the device: each phase is the host's own time in it
         print("\nThe host's time per phase (s, mean of the timed steps; data: between the steps). Where they "
               "add up to the step, the host sets the pace:\n")
     else:

@@ -321,12 +321,13 @@ from transformers import ResNetConfig
 from conftest import assert_matches_truth, tiny_config
 from test_backbone import backbone, images
 
-# 1x1 stride-2 shortcuts with 4 input channels (stage 2: under AVX2's block of 8) and 8 (stage 3: under AVX-512's 16)
+# 1x1 stride-2 shortcuts with 4 input channels (stage 2: fewer than AVX2's register block of 8 and AVX-512's 16)
+# and with 8 (stage 3: fewer than AVX-512's)
 narrow = ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[4, 8, 16], embedding_size=4,
                       out_features=["stage3"])
 encoder = backbone(tiny_config(backbone_config=narrow)).float().train()
 truth = backbone(tiny_config(backbone_config=narrow)).double().train()
-pixel_values = images(batch=2, height=256, width=256)  # AVX-512's crash needs 64 x 64 at the shortcut
+pixel_values = images(batch=2, height=256, width=256)  # stage 2's shortcut sees 64 x 64: large enough to crash
 for model, pixels in ((encoder, pixel_values.float()), (truth, pixel_values)):
     for _ in range(2):  # a write past the workspace may show at the next step
         model.zero_grad()

@@ -130,8 +130,41 @@ class IntrFrozenBatchNorm2d(nn.Module):
         return hidden_states * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+def _is_strided_1x1_with_few_channels(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride != (1, 1) and conv.in_channels // conv.groups < 16
+
+
+def _onednn_safe_operands(hidden_states: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    `conv`'s input and weight, in NCHW where oneDNN (torch's CPU convolutions) would get `conv`'s weight gradient wrong
+    over channels-last operands: a 1x1 strided convolution with fewer than 16 input channels per group, training on the
+    CPU. oneDNN's kernel for that case writes past the end of a workspace when the input channels do not fill one
+    register block (8 channels with AVX2, 16 with AVX-512): the process crashes or hangs, or the gradient comes out
+    wrong, depending on the CPU and the sizes (https://github.com/uxlfoundation/oneDNN/issues/6035). The forward, the
+    input gradient and NCHW operands are unaffected, and ResNets of the usual widths (64 channels and up) have no such
+    convolution.
+    """
+    if (_is_strided_1x1_with_few_channels(conv) and hidden_states.device.type == "cpu" and torch.is_grad_enabled()
+            and conv.weight.requires_grad):
+        # a 1x1 weight made channels-last is still is_contiguous() (its spatial sizes are 1), with channels-last strides
+        return hidden_states.contiguous(), weight.flatten(1).view_as(weight)
+    return hidden_states, weight
+
+
+def _onednn_safe_input_hook(conv: nn.Conv2d, args: tuple) -> tuple:
+    """
+    Forward pre-hook of a backbone's own `nn.Conv2d` (other backbones than ResNet): its input from
+    `_onednn_safe_operands`. The module reads its weight itself; BiT's weight-standardized convolutions compute it
+    anew in NCHW, a plain `nn.Conv2d` converted to channels-last keeps channels-last strides (not covered).
+    """
+    hidden_states, _ = _onednn_safe_operands(args[0], conv.weight, conv)
+    return (hidden_states, *args[1:])
+
+
 def _convolve(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """`conv`'s 2-d convolution (stride, padding, dilation, groups) with another weight and bias."""
+    hidden_states, weight = _onednn_safe_operands(hidden_states, weight, conv)
     return nn.functional.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
@@ -233,18 +266,6 @@ class IntrResNetBlock(nn.Module):
         return last_layer(hidden_states, residual)
 
 
-def _breaks_channels_last_training_on_cpu(module: nn.Module) -> bool:
-    """
-    A 1x1 strided convolution with fewer than 16 input channels per group. Over channels-last input, oneDNN (torch's
-    CPU convolutions) computes its weight gradient past the end of a workspace when the input channels do not fill one
-    register block (8 channels with AVX2, 16 with AVX-512): the process crashes or hangs, or the gradient comes out
-    wrong, depending on the CPU and the sizes (https://github.com/uxlfoundation/oneDNN/issues/6035). NCHW input takes
-    another oneDNN path, unaffected. ResNets of the usual widths (64 channels and up) have no such convolution.
-    """
-    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
-            and module.in_channels // module.groups < 16)
-
-
 def _freeze_batch_norms(module: nn.Module) -> None:
     """
     Every BatchNorm2d becomes an [`IntrFrozenBatchNorm2d`] (same values). In a transformers ResNet every convolution
@@ -290,25 +311,20 @@ class IntrConvEncoder(nn.Module):
                 parameter.requires_grad_(False)
         self.num_channels = self.model.channels[-1]
         self.batch_invariant = config.batch_invariant
-        # (after the dilation, which changes strides)
-        self._convolutions_unsafe_channels_last_on_cpu = [
-            module for module in self.model.modules() if _breaks_channels_last_training_on_cpu(module)
-        ]
+        for module in self.model.modules():  # convolutions run as modules (other backbones; a ResNet's never are)
+            if isinstance(module, nn.Conv2d) and _is_strided_1x1_with_few_channels(module):
+                module.register_forward_pre_hook(_onednn_safe_input_hook)
 
-    def runs_channels_last(self, pixel_values: torch.Tensor) -> bool:
+    @staticmethod
+    def runs_channels_last(pixel_values: torch.Tensor) -> bool:
         """
         The backbone's layout (measured in `benchmarks/bench_forward.py`): channels-last on CPU and CUDA in every dtype
         (oneDNN convolutions and the max-pool then need no reorder of the activations; on an H200 float32 batch 1 is
         level and a padded batch of 4 1.17x faster; float32 results stay within float32 noise of the float64 truth),
-        and under autocast on any device (tensor cores). Other devices keep NCHW (not measured). Exception: on the CPU
-        a backbone trains in NCHW while a gradient can reach a convolution whose weight gradient oneDNN gets wrong over
-        channels-last input (`_breaks_channels_last_training_on_cpu`).
+        and under autocast on any device (tensor cores). Other devices keep NCHW (not measured). One exception, per
+        convolution: `_onednn_safe_input`.
         """
         device = pixel_values.device.type
-        if device == "cpu" and torch.is_grad_enabled() and any(
-            conv.weight.requires_grad for conv in self._convolutions_unsafe_channels_last_on_cpu
-        ):
-            return False
         return device in ("cpu", "cuda") or torch.is_autocast_enabled(device)
 
     @staticmethod

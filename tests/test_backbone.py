@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from conftest import REPO, assert_matches_truth, bottleneck_backbone_config, graph_nodes, tiny_config
 from modeling_intr import IntrConfig, IntrForImageClassification
@@ -298,61 +299,100 @@ def test_a_trainable_convolution_bias_gets_its_gradient():
     assert_matches_truth(ours[1], conv.bias.grad, "bias gradient")
 
 
-def test_cpu_training_keeps_nchw_where_onednn_gets_the_weight_gradient_wrong_in_channels_last():
-    """oneDNN's weight gradient of a 1x1 strided convolution with under 16 input channels over channels-last input is
-    wrong, or crashes or hangs the process (https://github.com/uxlfoundation/oneDNN/issues/6035). The basic-block
-    tiny ResNet has one, its stage-2 shortcut (8 -> 16 channels, stride 2): the backbone runs NCHW on the CPU while a
-    gradient can reach it, and channels-last otherwise."""
+class RecordedConvolutions(TorchFunctionMode):
+    """Every `conv2d` call: (weight shape, stride, input in NCHW?, weight with NCHW strides?)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is nn.functional.conv2d:
+            hidden_states, weight, _, stride = args[:4]
+            nchw_weight = weight.stride() == weight.contiguous(memory_format=torch.contiguous_format).stride()
+            self.calls.append((tuple(weight.shape), tuple(stride), hidden_states.is_contiguous(), nchw_weight))
+        return func(*args, **(kwargs or {}))
+
+
+def test_cpu_training_gives_nchw_operands_where_onednn_gets_the_weight_gradient_wrong_in_channels_last():
+    """oneDNN's weight gradient of a 1x1 strided convolution with under 16 input channels over channels-last operands
+    is wrong, or crashes or hangs the process (https://github.com/uxlfoundation/oneDNN/issues/6035). The basic-block
+    tiny ResNet has one, its stage-2 shortcut (8 -> 16 channels, stride 2): in CPU training it gets an NCHW input and
+    a weight with NCHW strides, also from a channels-last input or a model converted to channels-last; every other
+    convolution stays channels-last, and so does the shortcut where no gradient reaches its weight."""
     encoder = backbone(tiny_config()).train()
     shortcut = encoder.model.encoder.stages[1].layers[0].shortcut.convolution
     assert (shortcut.kernel_size, shortcut.stride, shortcut.in_channels) == ((1, 1), (2, 2), 8)
+
+    def operands(pixel_values):
+        with RecordedConvolutions() as recorded:
+            encoder(pixel_values, None)
+        shortcut_calls = [call[2:] for call in recorded.calls if call[:2] == ((16, 8, 1, 1), (2, 2))]
+        others = [call[2] for call in recorded.calls if call[:2] != ((16, 8, 1, 1), (2, 2))]
+        assert len(shortcut_calls) == 1 and len(others) > 0
+        return shortcut_calls[0], not any(others)  # (NCHW input, NCHW weight), every other one channels-last
+
     pixel_values = images(dtype=torch.float32)
-    assert not encoder.runs_channels_last(pixel_values)
+    assert operands(pixel_values) == ((True, True), True)
+    assert operands(pixel_values.contiguous(memory_format=torch.channels_last)) == ((True, True), True)
     with torch.no_grad():
-        assert encoder.runs_channels_last(pixel_values)
+        assert operands(pixel_values) == ((False, True), True)
+    encoder.to(memory_format=torch.channels_last)  # the 1x1 weight keeps is_contiguous(), with channels-last strides
+    assert operands(pixel_values) == ((True, True), True)
     shortcut.weight.requires_grad_(False)
-    assert encoder.runs_channels_last(pixel_values)
-    assert backbone().train().runs_channels_last(pixel_values)  # bottleneck blocks: 16 input channels and up
+    assert operands(pixel_values)[0][0] is False
 
 
 FLOAT32_TRAINING_GRADIENTS = """
 import torch
-from transformers import ResNetConfig
+from transformers import BitConfig, ResNetConfig
 from conftest import assert_matches_truth, tiny_config
 from test_backbone import backbone, images
 
-# 1x1 stride-2 shortcuts with 4 input channels (stage 2: fewer than AVX2's register block of 8 and AVX-512's 16)
-# and with 8 (stage 3: fewer than AVX-512's)
-narrow = ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[4, 8, 16], embedding_size=4,
-                      out_features=["stage3"])
-encoder = backbone(tiny_config(backbone_config=narrow)).float().train()
-truth = backbone(tiny_config(backbone_config=narrow)).double().train()
+# ResNet: 1x1 stride-2 shortcuts with 4 input channels (stage 2: fewer than AVX2's register block of 8 and AVX-512's
+# 16) and 8 (stage 3: fewer than AVX-512's). BiT (weight-standardized convolutions, run as modules): a 1x1 stride-2
+# downsampling convolution with 8 input channels
+narrow_resnet = ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[4, 8, 16], embedding_size=4,
+                             out_features=["stage3"])
+narrow_bit = BitConfig(layer_type="bottleneck", depths=[1, 1, 1], hidden_sizes=[8, 16, 32], embedding_size=4,
+                       num_groups=4, out_features=["stage3"])
 pixel_values = images(batch=2, height=256, width=256)  # stage 2's shortcut sees 64 x 64: large enough to crash
-for model, pixels in ((encoder, pixel_values.float()), (truth, pixel_values)):
-    for _ in range(2):  # a write past the workspace may show at the next step
-        model.zero_grad()
-        model(pixels, None)[0].square().mean().backward()
-trainable = dict(truth.model.named_parameters())
+cases = [(tiny_config(backbone_config=narrow_resnet), "as is"), (tiny_config(backbone_config=narrow_resnet), "input"),
+         (tiny_config(backbone_config=narrow_resnet), "model"),
+         (tiny_config(backbone_config=narrow_bit, frozen_backbone_stages=[]), "model")]
 checked = 0
-for name, parameter in encoder.model.named_parameters():
-    if parameter.requires_grad:
-        assert_matches_truth(parameter.grad, trainable[name].grad, name)
-        checked += 1
-assert checked > 0
+for config, channels_last in cases:
+    encoder = backbone(config).float().train()
+    truth = backbone(config).double().train()
+    pixels = pixel_values.float()
+    if channels_last == "input":
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    if channels_last == "model":
+        encoder.to(memory_format=torch.channels_last)
+    for model, inputs in ((encoder, pixels), (truth, pixel_values)):
+        for _ in range(2):  # a write past the workspace may show at the next step
+            model.zero_grad()
+            model(inputs, None)[0].square().mean().backward()
+    trainable = dict(truth.named_parameters())
+    for name, parameter in encoder.named_parameters():
+        if parameter.requires_grad:
+            assert_matches_truth(parameter.grad, trainable[name].grad, f"{channels_last}: {name}")
+            checked += 1
 print("checked", checked)
 """
 
 
 @pytest.mark.parametrize("cpu_isa", ["default", "AVX2"])
 def test_float32_training_gradients_are_within_float32_noise_of_the_truth(cpu_isa):
-    """The float32 training gradients of every trainable backbone weight, in the layout the model picks on this CPU
-    (and with oneDNN held to AVX2, the most common x86 level), against float64 (no oneDNN). In a subprocess: the
-    oneDNN fault this guards against crashes or hangs the process instead of failing an assertion."""
+    """The float32 training gradients of every trainable backbone weight, with channels-last input, with a model
+    converted to channels-last and as the model picks its layout, for a ResNet and a BiT backbone, against float64 (no
+    oneDNN); on this CPU and with oneDNN held to AVX2, the most common x86 level. In a subprocess: the oneDNN fault
+    this guards against crashes or hangs the process instead of failing an assertion."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
     if cpu_isa != "default":
         env["ONEDNN_MAX_CPU_ISA"] = cpu_isa  # ignored where oneDNN has no such level (ARM)
     result = subprocess.run([sys.executable, "-c", FLOAT32_TRAINING_GRADIENTS], cwd=REPO / "tests", env=env,
-                            capture_output=True, text=True, timeout=90)
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"exit status {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
     assert result.stdout.startswith("checked ")
 

@@ -311,7 +311,8 @@ class IntrConvEncoder(nn.Module):
                 parameter.requires_grad_(False)
         self.num_channels = self.model.channels[-1]
         self.batch_invariant = config.batch_invariant
-        for module in self.model.modules():  # convolutions run as modules (other backbones; a ResNet's never are)
+        # other backbones run their convolutions as modules; a ResNet's run through `_convolve` (the hook never fires)
+        for module in self.model.modules():
             if isinstance(module, nn.Conv2d) and _is_strided_1x1_with_few_channels(module):
                 module.register_forward_pre_hook(_onednn_safe_input_hook)
 
@@ -322,7 +323,7 @@ class IntrConvEncoder(nn.Module):
         (oneDNN convolutions and the max-pool then need no reorder of the activations; on an H200 float32 batch 1 is
         level and a padded batch of 4 1.17x faster; float32 results stay within float32 noise of the float64 truth),
         and under autocast on any device (tensor cores). Other devices keep NCHW (not measured). One exception, per
-        convolution: `_onednn_safe_input`.
+        convolution: `_onednn_safe_operands`.
         """
         device = pixel_values.device.type
         return device in ("cpu", "cuda") or torch.is_autocast_enabled(device)

@@ -134,37 +134,35 @@ def _is_strided_1x1_with_few_channels(conv: nn.Conv2d) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride != (1, 1) and conv.in_channels // conv.groups < 16
 
 
-def _onednn_safe_operands(hidden_states: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def _needs_nchw_operands(hidden_states: torch.Tensor, conv: nn.Conv2d) -> bool:
     """
-    `conv`'s input and weight, in NCHW where oneDNN (torch's CPU convolutions) would get `conv`'s weight gradient wrong
-    over channels-last operands: a 1x1 strided convolution with fewer than 16 input channels per group, training on the
-    CPU. oneDNN's kernel for that case writes past the end of a workspace when the input channels do not fill one
-    register block (8 channels with AVX2, 16 with AVX-512): the process crashes or hangs, or the gradient comes out
-    wrong, depending on the CPU and the sizes (https://github.com/uxlfoundation/oneDNN/issues/6035). The forward, the
-    input gradient and NCHW operands are unaffected, and ResNets of the usual widths (64 channels and up) have no such
-    convolution.
+    Whether `conv` must get NCHW operands here: oneDNN (torch's CPU convolutions) gets the weight gradient of a 1x1
+    strided convolution with fewer than 16 input channels per group wrong over channels-last operands. Its kernel for
+    that case writes past the end of a workspace when the input channels do not fill one register block (8 channels
+    with AVX2, 16 with AVX-512): the process crashes or hangs, or the gradient comes out wrong, depending on the CPU and
+    the sizes (https://github.com/uxlfoundation/oneDNN/issues/6035). The forward, the input gradient and NCHW operands
+    are unaffected, and ResNets of the usual widths (64 channels and up) have no such convolution.
     """
-    if (_is_strided_1x1_with_few_channels(conv) and hidden_states.device.type == "cpu" and torch.is_grad_enabled()
-            and conv.weight.requires_grad):
-        # a 1x1 weight made channels-last is still is_contiguous() (its spatial sizes are 1), with channels-last strides
-        return hidden_states.contiguous(), weight.flatten(1).view_as(weight)
-    return hidden_states, weight
+    return (_is_strided_1x1_with_few_channels(conv) and hidden_states.device.type == "cpu" and torch.is_grad_enabled()
+            and conv.weight.requires_grad)
 
 
-def _onednn_safe_input_hook(conv: nn.Conv2d, args: tuple) -> tuple:
+def _onednn_safe_input_hook(conv: nn.Conv2d, args: tuple) -> tuple | None:
     """
-    Forward pre-hook of a backbone's own `nn.Conv2d` (other backbones than ResNet): its input from
-    `_onednn_safe_operands`. The module reads its weight itself; BiT's weight-standardized convolutions compute it
-    anew in NCHW, a plain `nn.Conv2d` converted to channels-last keeps channels-last strides (not covered).
+    Forward pre-hook of a backbone's own `nn.Conv2d` (other backbones than ResNet): an NCHW input where
+    `_needs_nchw_operands`. The module reads its weight itself; BiT's weight-standardized convolutions compute it anew
+    in NCHW, a plain `nn.Conv2d` converted to channels-last keeps channels-last strides (not covered).
     """
-    hidden_states, _ = _onednn_safe_operands(args[0], conv.weight, conv)
-    return (hidden_states, *args[1:])
+    if _needs_nchw_operands(args[0], conv):
+        return (args[0].contiguous(), *args[1:])
+    return None  # the input as it is
 
 
 def _convolve(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """`conv`'s 2-d convolution (stride, padding, dilation, groups) with another weight and bias."""
-    hidden_states, weight = _onednn_safe_operands(hidden_states, weight, conv)
+    if _needs_nchw_operands(hidden_states, conv):
+        # a 1x1 weight made channels-last is still is_contiguous() (its spatial sizes are 1), with channels-last strides
+        hidden_states, weight = hidden_states.contiguous(), weight.flatten(1).view_as(weight)
     return nn.functional.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
@@ -323,7 +321,7 @@ class IntrConvEncoder(nn.Module):
         (oneDNN convolutions and the max-pool then need no reorder of the activations; on an H200 float32 batch 1 is
         level and a padded batch of 4 1.17x faster; float32 results stay within float32 noise of the float64 truth),
         and under autocast on any device (tensor cores). Other devices keep NCHW (not measured). One exception, per
-        convolution: `_onednn_safe_operands`.
+        convolution: `_needs_nchw_operands`.
         """
         device = pixel_values.device.type
         return device in ("cpu", "cuda") or torch.is_autocast_enabled(device)

@@ -65,7 +65,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def make_dataset(root: Path, images_per_class: int = 1, num_classes: int = 200,
+NUM_CLASSES = 200  # CUB's
+
+
+def make_dataset(root: Path, images_per_class: int = 1, num_classes: int = NUM_CLASSES,
                  size: tuple[int, int] = (500, 375)) -> None:
     """Random-noise JPEGs, `root/bench/train/class_XXX/{0,1,...}.jpg`."""
     rng = np.random.default_rng(0)
@@ -80,7 +83,7 @@ def make_dataset(root: Path, images_per_class: int = 1, num_classes: int = 200,
 def write_reference_config(path: Path) -> None:
     from modeling_intr import IntrConfig
 
-    IntrConfig(num_labels=200).to_json_file(path)  # ResNet-50, 256-d, 6 + 6 layers: the reference defaults
+    IntrConfig(num_labels=NUM_CLASSES).to_json_file(path)  # ResNet-50, 256-d, 6 + 6 layers: the reference defaults
 
 
 PHASES = ("backbone fwd", "transformer fwd", "transformer bwd", "backbone bwd", "clip", "optimizer", "data")
@@ -280,7 +283,7 @@ def main():
         work = Path(tmp)
         # every step of every setting in the first epoch (drop_last: full batches only, split over the processes)
         images = (args.warmup_steps + args.steps) * args.batch_size * max(args.processes)
-        make_dataset(work, images_per_class=math.ceil(images / 200))
+        make_dataset(work, images_per_class=math.ceil(images / NUM_CLASSES))
         write_reference_config(work / "config.json")
         for _ in range(args.rounds):
             for setting in settings:
@@ -293,7 +296,7 @@ def main():
     print(hardware_line(args.device))
     timing = (f"{args.steps} steps back to back (data included)" if args.throughput else
               f"mean of {args.steps} synchronised steps")
-    print(f"\nINTR ResNet-50, 200 classes, batch {args.batch_size} per device, {args.device}, {timing} after "
+    print(f"\nINTR ResNet-50, {NUM_CLASSES} classes, batch {args.batch_size} per device, {args.device}, {timing} after "
           f"{args.warmup_steps} warm-up, {args.dataloader_workers} data loader worker(s), best of {args.rounds} "
           "round(s)\n")
     print(f"| processes | input | precision | backbone | s / step | images / s | {memory} | speed-up vs today |")

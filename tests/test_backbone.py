@@ -343,6 +343,27 @@ def test_cpu_training_gives_nchw_operands_where_onednn_gets_the_weight_gradient_
     assert operands(pixel_values)[0][0] is False
 
 
+def test_float32_1x1_convolutions_run_in_onednn_on_one_cpu_thread():
+    """ATen sends a float32 1x1 stride-1 convolution to its own GEMM path (`_slow_conv2d`) when one thread runs a batch
+    under 16, which writes the folded bias over the output in a pass of its own; the fold gives those convolutions a
+    dilation (which a 1x1 kernel ignores), so they run in oneDNN, forward and backward, with the same result."""
+    config = tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])
+    encoder, truth = backbone(config).float().train(), backbone(config).double()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.profiler.profile() as profile:
+            output = encoder(images().float(), None)[0]
+            output.square().mean().backward()
+    finally:
+        torch.set_num_threads(threads)
+    ops = {event.key for event in profile.key_averages()}
+    assert "aten::mkldnn_convolution" in ops
+    assert not {"aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward"} & ops
+    with torch.no_grad():  # the result of the convolutions without the dilation, within float32 noise
+        assert_matches_truth(output.detach(), truth(images(), None)[0], "feature map")
+
+
 FLOAT32_TRAINING_GRADIENTS = """
 import torch
 from transformers import BitConfig, ResNetConfig
@@ -354,11 +375,15 @@ from test_backbone import backbone, images
 # downsampling convolution with 8 input channels
 narrow_resnet = ResNetConfig(layer_type="basic", depths=[1, 1, 1], hidden_sizes=[4, 8, 16], embedding_size=4,
                              out_features=["stage3"])
+# a bottleneck ResNet: 1x1 stride-1 convolutions with 2 to 32 channels, which run in oneDNN with a dilation
+narrow_bottleneck = ResNetConfig(layer_type="bottleneck", depths=[1, 1, 1], hidden_sizes=[8, 16, 32], embedding_size=4,
+                                 out_features=["stage3"])
 narrow_bit = BitConfig(layer_type="bottleneck", depths=[1, 1, 1], hidden_sizes=[8, 16, 32], embedding_size=4,
                        num_groups=4, out_features=["stage3"])
 pixel_values = images(batch=2, height=256, width=256)  # stage 2's shortcut sees 64 x 64: large enough to crash
 cases = [(tiny_config(backbone_config=narrow_resnet), "as is"), (tiny_config(backbone_config=narrow_resnet), "input"),
          (tiny_config(backbone_config=narrow_resnet), "model"),
+         (tiny_config(backbone_config=narrow_bottleneck), "as is"),
          (tiny_config(backbone_config=narrow_bit, frozen_backbone_stages=[]), "model")]
 checked = 0
 for config, channels_last in cases:

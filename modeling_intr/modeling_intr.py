@@ -160,15 +160,17 @@ def _onednn_safe_input_hook(conv: nn.Conv2d, args: tuple) -> tuple | None:
 
 def _dilation(hidden_states: torch.Tensor, conv: nn.Conv2d) -> tuple[int, int]:
     """
-    `conv`'s dilation, or (2, 2) for a float32 1x1 stride-1 convolution on the CPU: a 1x1 kernel ignores its dilation,
-    and ATen sends a dilated float32 convolution to oneDNN (all but single images of under 20480 values). Without it,
+    `conv`'s dilation, or (2, 2) for a float32 1x1 stride-1 convolution on the CPU where oneDNN is on: a 1x1 kernel
+    ignores its dilation, and ATen then sends a dilated float32 convolution to oneDNN (all but single images of under
+    20480 values; without oneDNN, to a slower dilated path, so the dilation is not given there). Without it,
     ATen sends such a convolution to its own GEMM path whenever one thread runs a batch under 16 (each process of CPU
     data-parallel training, single-threaded inference): a pass that writes the bias over the output before the GEMM,
     and 7-12% slower than oneDNN forward + backward at ResNet-50's 1x1 shapes (one thread, AVX2 and AVX-512; level at
     two threads, where oneDNN runs both ways). Under autocast the convolution runs in bf16, in oneDNN anyway.
     """
     if (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and hidden_states.device.type == "cpu"
-            and hidden_states.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+            and hidden_states.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return (2, 2)
     return conv.dilation
 

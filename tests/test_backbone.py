@@ -346,22 +346,33 @@ def test_cpu_training_gives_nchw_operands_where_onednn_gets_the_weight_gradient_
 def test_float32_1x1_convolutions_run_in_onednn_on_one_cpu_thread():
     """ATen sends a float32 1x1 stride-1 convolution to its own GEMM path (`_slow_conv2d`) when one thread runs a batch
     under 16, which writes the folded bias over the output in a pass of its own; the fold gives those convolutions a
-    dilation (which a 1x1 kernel ignores), so they run in oneDNN, forward and backward, with the same result."""
+    dilation (which a 1x1 kernel ignores), so they run in oneDNN, forward and backward, with the same result. With
+    oneDNN switched off a dilated convolution would take ATen's slower dilated path: there the dilation is not given."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN: ATen's own paths are the only ones")
     config = tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])
     encoder, truth = backbone(config).float().train(), backbone(config).double()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.profiler.profile() as profile:
-            output = encoder(images().float(), None)[0]
-            output.square().mean().backward()
-    finally:
-        torch.set_num_threads(threads)
-    ops = {event.key for event in profile.key_averages()}
+
+    def one_thread_training_step(onednn: bool):
+        threads, enabled = torch.get_num_threads(), torch.backends.mkldnn.enabled
+        torch.set_num_threads(1)
+        torch.backends.mkldnn.enabled = onednn
+        try:
+            with torch.profiler.profile() as profile:
+                output = encoder(images().float(), None)[0]
+                output.square().mean().backward()
+        finally:
+            torch.set_num_threads(threads)
+            torch.backends.mkldnn.enabled = enabled
+        return output.detach(), {event.key for event in profile.key_averages()}
+
+    output, ops = one_thread_training_step(onednn=True)
     assert "aten::mkldnn_convolution" in ops
     assert not {"aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward"} & ops
     with torch.no_grad():  # the result of the convolutions without the dilation, within float32 noise
-        assert_matches_truth(output.detach(), truth(images(), None)[0], "feature map")
+        assert_matches_truth(output, truth(images(), None)[0], "feature map")
+    _, ops = one_thread_training_step(onednn=False)
+    assert "aten::_slow_conv2d_forward" in ops and "aten::slow_conv_dilated2d" not in ops
 
 
 FLOAT32_TRAINING_GRADIENTS = """

@@ -158,6 +158,13 @@ def _onednn_safe_input_hook(conv: nn.Conv2d, args: tuple) -> tuple | None:
     return None  # the input as it is
 
 
+def _float32_in_onednn(hidden_states: torch.Tensor) -> bool:
+    """Whether a convolution of `hidden_states` runs in float32 in oneDNN (torch's CPU convolutions)."""
+    return (hidden_states.device.type == "cpu" and hidden_states.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
+
+
 def _dilation(hidden_states: torch.Tensor, conv: nn.Conv2d) -> tuple[int, int]:
     """
     `conv`'s dilation, or (2, 2) for a float32 1x1 stride-1 convolution on the CPU where oneDNN is on: a 1x1 kernel
@@ -168,11 +175,53 @@ def _dilation(hidden_states: torch.Tensor, conv: nn.Conv2d) -> tuple[int, int]:
     and 7-12% slower than oneDNN forward + backward at ResNet-50's 1x1 shapes (one thread, AVX2 and AVX-512; level at
     two threads, where oneDNN runs both ways). Under autocast the convolution runs in bf16, in oneDNN anyway.
     """
-    if (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and hidden_states.device.type == "cpu"
-            and hidden_states.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+    if conv.kernel_size == (1, 1) and conv.stride == (1, 1) and _float32_in_onednn(hidden_states):
         return (2, 2)
     return conv.dilation
+
+
+def _weight_gradient_in_nchw(hidden_states: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """
+    Whether the weight gradient of `conv` comes from NCHW copies of its operands
+    ([`_ConvolutionWithNchwWeightGradient`]): a trainable convolution larger than 1x1 over a channels-last float32
+    input in oneDNN, on a CPU whose torch capability is AVX2. There oneDNN's channels-last weight-gradient kernel is
+    slow: at ResNet-50's 3x3 shapes it took 1.0-1.6x (448 x 448, batch 12) and 1.3-3.1x (800 x 1066, batch 4) as long
+    as its NCHW one, the two copies included, at one thread and at two. With AVX-512 it is faster at 448 (0.77-1.01x)
+    and level at 800 x 1066, and at 1x1 faster with either: those keep autograd's convolution.
+    """
+    return (conv.kernel_size != (1, 1) and weight.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and _float32_in_onednn(hidden_states)
+            and hidden_states.is_contiguous(memory_format=torch.channels_last) and not hidden_states.is_contiguous()
+            and torch.backends.cpu.get_cpu_capability() == "AVX2")
+
+
+class _ConvolutionWithNchwWeightGradient(torch.autograd.Function):
+    """
+    `conv2d(hidden_states, weight, bias, ...)` whose backward computes the input (and bias) gradient over the
+    channels-last operands and the weight gradient over NCHW copies of the input and the output gradient (see
+    [`_weight_gradient_in_nchw`]). It saves what autograd's convolution saves: the input and the weight.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(hidden_states, weight)
+        ctx.arguments = (stride, padding, dilation, False, (0, 0), groups)  # (transposed, output padding)
+        ctx.bias_sizes = None if bias is None else bias.shape
+        return nn.functional.conv2d(hidden_states, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        hidden_states, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_input, _, grad_bias = torch.ops.aten.convolution_backward(
+            grad_output, hidden_states, weight, ctx.bias_sizes, *ctx.arguments, (needs_input, False, needs_bias))
+        grad_weight = None
+        if needs_weight:
+            grad_weight = torch.ops.aten.convolution_backward(
+                grad_output.contiguous(), hidden_states.contiguous(), weight, None, *ctx.arguments,
+                (False, True, False))[1]
+        return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 def _convolve(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -180,6 +229,9 @@ def _convolve(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     if _needs_nchw_operands(hidden_states, conv):
         # a 1x1 weight made channels-last is still is_contiguous() (its spatial sizes are 1), with channels-last strides
         hidden_states, weight = hidden_states.contiguous(), weight.flatten(1).view_as(weight)
+    if _weight_gradient_in_nchw(hidden_states, weight, conv):
+        return _ConvolutionWithNchwWeightGradient.apply(hidden_states, weight, bias, conv.stride, conv.padding,
+                                                        conv.dilation, conv.groups)
     return nn.functional.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, _dilation(hidden_states, conv),
                                 conv.groups)
 

@@ -97,6 +97,11 @@ def graph_nodes(output):
     return list(seen)
 
 
+def is_convolution_backward(node) -> bool:
+    """A convolution's backward node: autograd's own, or the one whose weight gradient runs in NCHW (AVX2 CPUs)."""
+    return type(node).__name__ in ("ConvolutionBackward0", "_ConvolutionWithNchwWeightGradientBackward")
+
+
 def bottleneck_backbone_config():
     """A tiny bottleneck-block ResNet (ResNet-50's block type; depths 1, 2, 1), for tests of the backbone's blocks."""
     from transformers import ResNetConfig

@@ -6,6 +6,7 @@ BatchNorm in eval mode: the unfolded conv -> BatchNorm -> ReLU computation the r
 
 import copy
 import os
+import platform
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from modeling_intr.modeling_intr import (
     IntrConvNormActivation,
     IntrFrozenBatchNorm2d,
     IntrResNetBlock,
+    _ConvolutionWithNchwWeightGradient,
 )
 from transformers.backbone_utils import load_backbone
 
@@ -255,16 +257,68 @@ def test_training_gradients_equal_the_unfolded_ones():
     assert checked == sum(p.requires_grad for p in encoder.parameters()) > 0
 
 
-def test_training_differentiates_the_fold_with_autograd_nodes_only():
+def test_training_differentiates_the_fold_with_autograd_nodes_only(monkeypatch):
     """In training each trainable convolution's backward is autograd's own convolution backward, with no Python
     autograd Function in the backbone's graph: on a GPU the step is bound by the host's work per op, and a Python
-    Function costs more of it per call than autograd's own node."""
+    Function costs more of it per call than autograd's own node. (So on every CPU but an AVX2 one: next test.)"""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     encoder = backbone(tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])).train()
     nodes = graph_nodes(encoder(images(dtype=torch.float32), torch.ones(2, 61, 83))[0])
     trainable_convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
     assert sum(type(node).__name__ == "ConvolutionBackward0" for node in nodes) == len(trainable_convs) > 0
     python_functions = [node for node in nodes if isinstance(node, torch.autograd.function.BackwardCFunction)]
     assert python_functions == []
+
+
+def test_on_avx2_cpus_float32_training_takes_3x3_weight_gradients_from_nchw_copies(monkeypatch):
+    """On a CPU whose torch capability is AVX2, oneDNN's channels-last weight gradient of a 3x3 convolution is up to 3x
+    slower than its NCHW one: in float32 CPU training every trainable convolution larger than 1x1 computes its weight
+    gradient from NCHW copies of its input and output gradient (a Python autograd Function), its input gradient in
+    channels-last; 1x1 convolutions, frozen ones, float64 and other CPUs keep autograd's convolution. Gradients stay
+    within float32 noise of the float64 truth."""
+    config = tiny_config(backbone_config=BOTTLENECK, frozen_backbone_stages=["stem"])
+    encoder, truth = backbone(config).train(), backbone(config).double().train()
+    trainable = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    larger_than_1x1 = [m for m in trainable if m.kernel_size != (1, 1)]
+    assert 0 < len(larger_than_1x1) < len(trainable)
+
+    def backward_nodes(model, pixel_values, capability):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        model.zero_grad()
+        output = model(pixel_values, None)[0]
+        names = [type(node).__name__ for node in graph_nodes(output)]
+        output.square().mean().backward()
+        return names.count("_ConvolutionWithNchwWeightGradientBackward"), names.count("ConvolutionBackward0")
+
+    assert backward_nodes(encoder, images().float(), "AVX512") == (0, len(trainable))
+    assert backward_nodes(truth, images(), "AVX2") == (0, len(trainable))
+    assert backward_nodes(encoder, images().float(), "AVX2") == (
+        len(larger_than_1x1), len(trainable) - len(larger_than_1x1))
+    truth_gradients = dict(truth.named_parameters())
+    for name, parameter in encoder.named_parameters():
+        if parameter.requires_grad:
+            assert_matches_truth(parameter.grad, truth_gradients[name].grad, name)
+
+
+def test_nchw_weight_gradient_function_equals_autograds_convolution_in_float64():
+    """The Function's gradients (input, weight, bias) equal autograd's convolution's up to float64 rounding, for
+    strided, dilated and grouped convolutions over a channels-last input, whose input gradient stays channels-last."""
+    generator = torch.Generator().manual_seed(0)
+    for stride, dilation, groups in [((1, 1), (1, 1), 1), ((2, 2), (1, 1), 1), ((1, 1), (2, 2), 2)]:
+        pixel_values = torch.randn(3, 8, 17, 19, generator=generator, dtype=torch.float64)
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last).requires_grad_()
+        weight = torch.randn(6, 8 // groups, 3, 3, generator=generator, dtype=torch.float64).requires_grad_()
+        bias = torch.randn(6, generator=generator, dtype=torch.float64).requires_grad_()
+        arguments = (stride, dilation, dilation, groups)  # padding = dilation keeps the size at stride 1
+        ours = _ConvolutionWithNchwWeightGradient.apply(pixel_values, weight, bias, *arguments)
+        autograds = nn.functional.conv2d(pixel_values, weight, bias, *arguments)
+        grad_output = torch.randn(ours.shape, generator=generator, dtype=torch.float64)
+        gradients = torch.autograd.grad(ours, (pixel_values, weight, bias), grad_output)
+        expected = torch.autograd.grad(autograds, (pixel_values, weight, bias), grad_output)
+        assert torch.equal(ours, autograds)
+        assert gradients[0].is_contiguous(memory_format=torch.channels_last)
+        for name, gradient, truth in zip(("input", "weight", "bias"), gradients, expected):
+            torch.testing.assert_close(gradient, truth, rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_training_follows_batch_norm_edits_between_steps():
@@ -414,7 +468,7 @@ for config, channels_last in cases:
         if parameter.requires_grad:
             assert_matches_truth(parameter.grad, trainable[name].grad, f"{channels_last}: {name}")
             checked += 1
-print("checked", checked)
+print("checked", checked, "capability", torch.backends.cpu.get_cpu_capability())
 """
 
 
@@ -422,15 +476,19 @@ print("checked", checked)
 def test_float32_training_gradients_are_within_float32_noise_of_the_truth(cpu_isa):
     """The float32 training gradients of every trainable backbone weight, with channels-last input, with a model
     converted to channels-last and as the model picks its layout, for a ResNet and a BiT backbone, against float64 (no
-    oneDNN); on this CPU and with oneDNN held to AVX2, the most common x86 level. In a subprocess: the oneDNN fault
-    this guards against crashes or hangs the process instead of failing an assertion."""
+    oneDNN); on this CPU and with oneDNN and torch's kernels held to AVX2, the most common x86 level (torch then
+    reports AVX2, and 3x3 weight gradients come from NCHW copies). In a subprocess: the oneDNN fault this guards
+    against crashes or hangs the process instead of failing an assertion."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
-    if cpu_isa != "default":
-        env["ONEDNN_MAX_CPU_ISA"] = cpu_isa  # ignored where oneDNN has no such level (ARM)
+    if cpu_isa != "default":  # both ignored where there is no such level (ARM)
+        env["ONEDNN_MAX_CPU_ISA"] = cpu_isa
+        env["ATEN_CPU_CAPABILITY"] = cpu_isa.lower()  # torch then reports AVX2: NCHW 3x3 weight gradients
     result = subprocess.run([sys.executable, "-c", FLOAT32_TRAINING_GRADIENTS], cwd=REPO / "tests", env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"exit status {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
     assert result.stdout.startswith("checked ")
+    if cpu_isa == "AVX2" and platform.machine().lower() in ("x86_64", "amd64"):
+        assert result.stdout.split()[-1] == "AVX2", result.stdout
 
 
 def test_bf16_autocast_training_convolves_in_bf16_and_keeps_float32_gradients():

@@ -4,7 +4,7 @@ stages, and the recipe's AdamW through the fused kernel with the for-loop AdamW'
 
 import torch
 
-from conftest import bottleneck_backbone_config, graph_nodes, tiny_config
+from conftest import bottleneck_backbone_config, graph_nodes, is_convolution_backward, tiny_config
 
 import run_finetune
 from modeling_intr import IntrForImageClassification
@@ -29,7 +29,7 @@ def test_no_backward_runs_through_the_frozen_stages():
     frozen_convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and not m.weight.requires_grad]
     # stem + stage 1 (one block and its shortcut) | stage 2 (two blocks, one shortcut), stage 3, input projection
     assert len(frozen_convs) == 1 + 4 and len(trainable_convs) == 7 + 4 + 1
-    conv_backwards = [node for node in graph_nodes(loss) if type(node).__name__ == "ConvolutionBackward0"]
+    conv_backwards = [node for node in graph_nodes(loss) if is_convolution_backward(node)]
     assert len(conv_backwards) == len(trainable_convs)
     # stage 2's first block: its first convolution and its shortcut take stage 1's output, which needs no gradient
     no_input_gradient = [node for node in conv_backwards if node.next_functions[0][0] is None]

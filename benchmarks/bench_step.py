@@ -70,7 +70,7 @@ from bench_forward import (  # noqa: E402
 )
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from transformers import ResNetConfig  # noqa: E402
-from unfolded_backbone import unfolded_backbone  # noqa: E402
+from unfolded_backbone import patched, unfolded_backbone  # noqa: E402
 
 import modeling_intr.modeling_intr as modeling  # noqa: E402
 from modeling_intr import IntrConfig, IntrForImageClassification  # noqa: E402
@@ -138,23 +138,14 @@ def interleaved(runs: dict, rounds: int, warmup: int, synchronize) -> dict:
     return times
 
 
-@contextlib.contextmanager
 def without_cpu_only_routing():
     """
     The backbone's convolutions as a GPU runs them: no 1x1 dilation into oneDNN (at the tiny sizes of the host-work
     parts oneDNN's per-call work, or ATen's dilated path, would count against ours) and, on AVX2 CPUs, no 3x3 weight
     gradients from NCHW copies (a Python autograd Function in the backward).
     """
-    cpu_only = {"_dilation": lambda hidden_states, conv: conv.dilation,
-                "_weight_gradient_in_nchw": lambda hidden_states, weight, conv: False}
-    originals = {name: getattr(modeling, name) for name in cpu_only}
-    for name, replacement in cpu_only.items():
-        setattr(modeling, name, replacement)
-    try:
-        yield
-    finally:
-        for name, original in originals.items():
-            setattr(modeling, name, original)
+    return patched([(modeling, "_dilation", lambda hidden_states, conv: conv.dilation),
+                    (modeling, "_weight_gradient_in_nchw", lambda hidden_states, weight, conv: False)])
 
 
 @contextlib.contextmanager

@@ -64,6 +64,18 @@ def _channels_last_under_autocast_only(pixel_values):
 
 
 @contextlib.contextmanager
+def patched(patches: list[tuple[object, str, object]]):
+    """Within the block each `owner.name` is `value`, for each `(owner, name, value)`; then the originals again."""
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
 def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_dropout: bool = False,
                       unmasked_without_padding: bool = False, dropout_before_relu: bool = False):
     """Within the block, every INTR model runs with the choices switched off that are False here."""
@@ -80,11 +92,4 @@ def unfolded_backbone(fold: bool = False, channels_last: bool = False, fast_drop
         patches.append((modeling.IntrModel, "_checked_inputs", _always_padded(modeling.IntrModel._checked_inputs)))
     if not dropout_before_relu:
         patches.append((modeling.IntrMLP, "forward", _reference_order_feed_forward))
-    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
-    try:
-        for owner, name, value in patches:
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
+    return patched(patches)
